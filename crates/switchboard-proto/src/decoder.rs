@@ -53,7 +53,7 @@ pub enum Event {
 /// to `out` and must fail with [`ProtocolError::MessageTooBig`] as soon as
 /// `out` would grow past `limit`, so a small compressed input cannot expand
 /// without bound.
-pub trait PayloadExtension: Send + std::fmt::Debug {
+pub trait PayloadExtension: Send + Sync + std::fmt::Debug {
     /// Decodes one fragment of an RSV1 message; `fin` marks the last one.
     fn decode_fragment(
         &mut self,

@@ -1,0 +1,68 @@
+//! Switchboard: a real-time WebSocket framework.
+//!
+//! HTTP routes and WebSocket routes side by side, typed extractors, a socket
+//! API with text, bytes, JSON and `Stream`s, an event style, graceful
+//! shutdown, and an in-process test client. The protocol itself lives in the
+//! sans-IO crate [`switchboard_proto`], re-exported as [`proto`].
+//!
+//! ```no_run
+//! use switchboard::{App, WebSocket};
+//!
+//! #[tokio::main]
+//! async fn main() -> std::io::Result<()> {
+//!     App::new()
+//!         .get("/health", || async { "ok" })
+//!         .websocket("/ws/echo", |ws: WebSocket| async move {
+//!             let mut ws = ws.accept().await?;
+//!             while let Some(msg) = ws.recv_message().await? {
+//!                 ws.send(msg).await?;
+//!             }
+//!             Ok::<_, switchboard::Error>(())
+//!         })
+//!         .serve("127.0.0.1:8000")
+//!         .await
+//! }
+//! ```
+//!
+//! # Layout
+//! In the order a request flows through them:
+//! - `server`: accept loop, HTTP/1.1 connections (hyper), graceful shutdown.
+//! - `app`, `router`: the route table and dispatch; 404/405.
+//! - `extract`, `path_de`, `handler`, `response`: extractors, handler traits,
+//!   responses.
+//! - `ws::upgrade`: handshake checks and the [`WebSocket`] → [`Socket`] accept.
+//! - `ws::socket`: [`Socket`], [`Sender`], [`Receiver`] over the sans-IO decoder.
+//! - `ws::writer`: the per-connection writer task with its byte-bounded queue.
+//! - `ws::events`: the [`WsEvents`] callback style.
+//! - `client`, `testing`: a client on the same engine and the [`testing::TestClient`].
+//!
+//! # Feature flags
+//! None yet: everything above is in the default build.
+
+mod app;
+mod client;
+mod error;
+mod extract;
+mod handler;
+mod path_de;
+mod response;
+mod router;
+mod server;
+pub mod testing;
+mod ws;
+
+pub use app::App;
+pub use client::{ConnectError, WsClient};
+pub use error::Error;
+pub use extract::{
+    ClientAddr, FromRequest, FromRequestParts, Path, Query, Rejection, RequestContext, State,
+};
+pub use handler::{Handler, WsHandler, WsResult};
+pub use response::{error_response, Body, BoxError, Html, IntoResponse, Json, Response};
+pub use server::shutdown_signal;
+pub use switchboard_proto as proto;
+pub use switchboard_proto::{CloseCode, CloseFrame, Limits};
+pub use ws::{Accept, Message, OriginPolicy, Receiver, Sender, Socket, WebSocket, WsConfig, WsEvents};
+
+pub use bytes::Bytes;
+pub use http::{self, HeaderMap, Method, StatusCode};

@@ -1,0 +1,131 @@
+//! The TCP server: accept loop, HTTP/1.1 connections, graceful shutdown.
+//!
+//! Shutdown, on SIGINT/SIGTERM or the caller's signal: stop accepting, answer
+//! new upgrades with 503, tell every open socket "going away" (1001) and
+//! every idle keep-alive connection to close, wait for handlers up to the
+//! shutdown timeout, then drop whatever is left, then run shutdown hooks.
+
+use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
+
+use hyper::{server::conn::http1, service::service_fn};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpListener, ToSocketAddrs},
+};
+
+use crate::app::{App, AppShared};
+
+/// Serves one HTTP/1.1 connection (and its upgrades) on `io`.
+pub(crate) fn spawn_connection<I>(shared: &Arc<AppShared>, io: I, remote: SocketAddr)
+where
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.config.handshake_timeout)
+        .max_headers(shared.config.max_headers)
+        .max_buf_size(shared.config.max_header_bytes)
+        .keep_alive(true);
+    let svc_shared = Arc::clone(shared);
+    let service = service_fn(move |req| {
+        let shared = Arc::clone(&svc_shared);
+        async move { Ok::<_, std::convert::Infallible>(shared.handle(req, remote).await) }
+    });
+    let conn = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
+    let going_away = shared.going_away.clone();
+    let force = shared.force_close.clone();
+    shared.tracker.spawn(async move {
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            _ = going_away.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                tokio::select! {
+                    r = conn.as_mut() => r,
+                    _ = force.cancelled() => Ok(()),
+                }
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(%remote, error = %e, "http connection ended with an error");
+        }
+    });
+}
+
+/// Resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+impl App {
+    /// Binds `addr` and serves until SIGINT or SIGTERM, then shuts down
+    /// gracefully.
+    pub async fn serve(self, addr: impl ToSocketAddrs) -> io::Result<()> {
+        let listener = TcpListener::bind(addr).await?;
+        tracing::info!(addr = %listener.local_addr()?, "switchboard listening");
+        self.serve_with_shutdown(listener, shutdown_signal()).await
+    }
+
+    /// Serves on `listener` until `signal` resolves, then shuts down
+    /// gracefully (see the module docs for the sequence).
+    pub async fn serve_with_shutdown(
+        self,
+        listener: TcpListener,
+        signal: impl Future<Output = ()> + Send,
+    ) -> io::Result<()> {
+        let shared = self.into_shared();
+        shared.run_startup().await;
+        tokio::pin!(signal);
+        loop {
+            tokio::select! {
+                _ = &mut signal => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, remote)) => {
+                        let _ = stream.set_nodelay(true);
+                        spawn_connection(&shared, stream, remote);
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+        drop(listener);
+        tracing::info!("shutting down");
+        shared.begin_shutdown();
+        let deadline = shared.config.shutdown_timeout;
+        if tokio::time::timeout(deadline, shared.tracker.wait()).await.is_err() {
+            tracing::warn!(
+                remaining = shared.tracker.len(),
+                "shutdown deadline passed; force-closing connections"
+            );
+            shared.force_close.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(1), shared.tracker.wait()).await;
+        }
+        shared.run_shutdown().await;
+        Ok(())
+    }
+}

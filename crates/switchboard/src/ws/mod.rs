@@ -1,0 +1,14 @@
+//! WebSocket routes: the upgrade, the socket API, the writer, event style.
+
+pub(crate) mod config;
+pub(crate) mod events;
+pub(crate) mod message;
+pub(crate) mod socket;
+pub(crate) mod upgrade;
+pub(crate) mod writer;
+
+pub use config::{OriginPolicy, WsConfig};
+pub use events::WsEvents;
+pub use message::Message;
+pub use socket::{Receiver, Sender, Socket};
+pub use upgrade::{Accept, WebSocket};

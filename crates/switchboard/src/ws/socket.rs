@@ -1,0 +1,614 @@
+//! The accepted socket: [`Socket`], and its halves [`Sender`] (cloneable,
+//! usable from any task) and [`Receiver`].
+//!
+//! The receiver drives the sans-IO decoder on the handler's own task (no
+//! extra task or channel hop per message): it reads, decodes, answers pings,
+//! and completes the close handshake. Sending goes through the connection's
+//! writer task (see `writer.rs`).
+//!
+//! Receiving comes in three shapes: [`Receiver::recv`] returns the next
+//! [`Message`]; `recv_text`/`recv_bytes`/`recv_json` return `Ok(None)` once
+//! the peer has closed; and the `*_stream` methods are `Stream`s that end at
+//! the close. After the close, further calls fail with a disconnect error
+//! carrying the close code and reason.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use bytes::{Bytes, BytesMut};
+use futures_core::Stream;
+use http::{HeaderMap, Uri};
+use serde::{de::DeserializeOwned, Serialize};
+use switchboard_proto::{CloseCode, CloseFrame, Decoder, Event, Frame, OpCode, Role};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::{
+    error::{Error, Kind},
+    ws::{
+        message::Message,
+        writer::{Shared, Slot},
+    },
+};
+
+/// Read buffer growth step: one typical TCP receive, enough for most
+/// messages in one read while keeping idle sockets small.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// The reading side's state; moved to the close path if the receiver is
+/// dropped before the connection closed.
+pub(crate) struct ReadState {
+    /// Only ever used through `get_mut` (no locking): the mutex is what
+    /// makes `Socket` `Sync`, so `&Socket` can be held across an `.await`
+    /// in a `Send` future, without `unsafe`.
+    io: std::sync::Mutex<Box<dyn AsyncRead + Send + Unpin>>,
+    buf: BytesMut,
+    decoder: Decoder,
+}
+
+impl ReadState {
+    pub(crate) fn new(io: Box<dyn AsyncRead + Send + Unpin>, decoder: Decoder, initial: Bytes) -> Self {
+        let mut buf = BytesMut::with_capacity(READ_CHUNK.max(initial.len()));
+        buf.extend_from_slice(&initial);
+        ReadState {
+            io: std::sync::Mutex::new(io),
+            buf,
+            decoder,
+        }
+    }
+
+    /// Reads until one event is decoded. `Ok(None)` at end of stream.
+    async fn next_event(&mut self) -> Result<Option<Event>, Error> {
+        loop {
+            if let Some(ev) = self.decoder.decode(&mut self.buf)? {
+                return Ok(Some(ev));
+            }
+            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
+                self.buf.reserve(READ_CHUNK);
+            }
+            let io = self.io.get_mut().unwrap_or_else(|p| p.into_inner());
+            if io.read_buf(&mut self.buf).await? == 0 {
+                return Ok(None);
+            }
+        }
+    }
+}
+
+/// Finishes a close handshake on a parked reader: sends our close frame if
+/// none was sent, waits (bounded) for the peer's, then half-closes.
+pub(crate) async fn linger(mut state: Box<ReadState>, shared: Arc<Shared>, close: CloseFrame) {
+    shared.send_close(Some(&close));
+    let drain = async {
+        while let Ok(Some(ev)) = state.next_event().await {
+            if matches!(ev, Event::Close(_)) {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(shared.close_timeout, drain).await;
+    shared.shutdown();
+}
+
+/// Reads and discards until the peer closes its side or `timeout` passes.
+async fn drain_raw(mut state: Box<ReadState>, timeout: Duration) {
+    let drain = async {
+        loop {
+            state.buf.clear();
+            let ReadState { io, buf, .. } = &mut *state;
+            match io.get_mut().unwrap_or_else(|p| p.into_inner()).read_buf(buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    };
+    let _ = tokio::time::timeout(timeout, drain).await;
+}
+
+fn wrong_type(expected: &'static str, got: &Message) -> Error {
+    Error::new(Kind::WrongType {
+        expected,
+        got: got.kind(),
+    })
+}
+
+/// The sending half of a socket. Cheap to clone; every clone feeds the same
+/// ordered outgoing queue.
+#[derive(Debug, Clone)]
+pub struct Sender {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Sender {
+    fn frame(&self, opcode: OpCode, payload: Bytes) -> Frame {
+        match self.shared.role {
+            Role::Server => Frame::new(opcode, true, false, payload),
+            Role::Client => Frame::masked(opcode, true, false, &payload, rand::random()),
+        }
+    }
+
+    /// Sends a text message.
+    pub async fn send_text(&self, text: impl Into<String>) -> Result<(), Error> {
+        let frame = self.frame(OpCode::Text, Bytes::from(text.into()));
+        self.shared.send(frame).await
+    }
+
+    /// Sends a binary message.
+    pub async fn send_bytes(&self, bytes: impl Into<Bytes>) -> Result<(), Error> {
+        let frame = self.frame(OpCode::Binary, bytes.into());
+        self.shared.send(frame).await
+    }
+
+    /// Serializes `value` as JSON and sends it as a text message.
+    pub async fn send_json<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), Error> {
+        let json = serde_json::to_vec(value)?;
+        self.shared.send(self.frame(OpCode::Text, json.into())).await
+    }
+
+    /// Sends a message (`Message::Close` sends a close frame).
+    pub async fn send(&self, message: impl Into<Message>) -> Result<(), Error> {
+        match message.into() {
+            Message::Text(t) => self.send_text(t).await,
+            Message::Binary(b) => self.send_bytes(b).await,
+            Message::Close(c) => {
+                self.shared.send_close(c.as_ref());
+                Ok(())
+            }
+        }
+    }
+
+    /// Queues an already encoded frame without waiting: the building block
+    /// of frame-once broadcast (encode one [`Frame`], queue a clone on every
+    /// socket). Fails with [`Error::is_capacity`] when the queue is full.
+    pub fn try_send_frame(&self, frame: Frame) -> Result<(), Error> {
+        self.shared.try_send(frame)
+    }
+
+    /// Queues an already encoded frame, waiting for room in the queue.
+    pub async fn send_frame(&self, frame: Frame) -> Result<(), Error> {
+        self.shared.send(frame).await
+    }
+
+    /// Sends a ping (the pong is consumed by the receiver).
+    pub fn ping(&self, payload: impl Into<Bytes>) {
+        let mut payload: Bytes = payload.into();
+        payload.truncate(125);
+        self.shared.send_control(self.frame(OpCode::Ping, payload));
+    }
+
+    /// Starts the close handshake with `code` and `reason` (truncated to 123
+    /// bytes). The receiver completes it when the peer answers; a handler
+    /// that wants to wait for that uses [`Socket::close`].
+    pub fn close(&self, code: impl Into<CloseCode>, reason: &str) {
+        self.shared.send_close(Some(&CloseFrame::new(code, reason)));
+    }
+
+    /// Whether messages can still be sent (no close sent, connection up).
+    pub fn is_open(&self) -> bool {
+        self.shared.is_open()
+    }
+}
+
+/// The receiving half of a socket.
+pub struct Receiver {
+    state: Option<Box<ReadState>>,
+    shared: Arc<Shared>,
+    /// Set once the connection is over: what later calls report.
+    ended: Option<CloseFrame>,
+}
+
+impl std::fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receiver").field("ended", &self.ended).finish_non_exhaustive()
+    }
+}
+
+impl Receiver {
+    pub(crate) fn new(state: ReadState, shared: Arc<Shared>) -> Self {
+        Receiver {
+            state: Some(Box::new(state)),
+            shared,
+            ended: None,
+        }
+    }
+
+    fn end(&mut self, frame: CloseFrame) {
+        self.ended = Some(frame);
+        self.state = None;
+        self.shared.shutdown();
+    }
+
+    /// Receives the next message. Returns `Message::Close` once when the
+    /// peer closes (the handshake is already answered), then disconnect
+    /// errors. A protocol violation fails the connection with the right
+    /// close code (1002, 1007, 1009) and returns the error.
+    pub async fn recv(&mut self) -> Result<Message, Error> {
+        loop {
+            let Some(state) = self.state.as_mut() else {
+                let ended = self.ended.clone().unwrap_or_else(|| CloseFrame::new(CloseCode::ABNORMAL, ""));
+                return Err(Error::disconnect(ended));
+            };
+            let event = match state.next_event().await {
+                Ok(ev) => ev,
+                Err(e) => {
+                    let code = e.close_code().unwrap_or(CloseCode::ABNORMAL);
+                    if e.close_code().is_some() {
+                        // Fail the connection: our close frame, then keep
+                        // reading (and discarding) until the peer closes, so
+                        // unread bytes do not turn our FIN into a RST that
+                        // could destroy the close frame in flight.
+                        self.shared.send_close(Some(&CloseFrame::new(code, e.to_string())));
+                    }
+                    self.ended = Some(CloseFrame::new(code, e.to_string()));
+                    if let Some(state) = self.state.take() {
+                        self.shared.shutdown();
+                        tokio::spawn(drain_raw(state, self.shared.close_timeout));
+                    }
+                    return Err(e);
+                }
+            };
+            match event {
+                None => {
+                    let frame = CloseFrame::new(CloseCode::ABNORMAL, "connection closed without a close frame");
+                    self.end(frame.clone());
+                    return Err(Error::disconnect(frame));
+                }
+                Some(Event::Text(bytes)) => {
+                    // The decoder validated UTF-8; this re-check is a cheap
+                    // SIMD pass that keeps the crate free of `unsafe`.
+                    let text = String::from_utf8(bytes.to_vec())
+                        .map_err(|_| Error::from(switchboard_proto::ProtocolError::InvalidUtf8))?;
+                    return Ok(Message::Text(text));
+                }
+                Some(Event::Binary(bytes)) => return Ok(Message::Binary(bytes)),
+                Some(Event::Ping(payload)) => {
+                    let pong = match self.shared.role {
+                        Role::Server => Frame::new(OpCode::Pong, true, false, payload),
+                        Role::Client => Frame::masked(OpCode::Pong, true, false, &payload, rand::random()),
+                    };
+                    self.shared.send_control(pong);
+                }
+                Some(Event::Pong(_)) => {}
+                Some(Event::Close(frame)) => {
+                    // Echo the peer's code if we have not closed yet.
+                    self.shared.send_close(frame.as_ref());
+                    let reported = frame
+                        .clone()
+                        .unwrap_or_else(|| CloseFrame::new(CloseCode::NO_STATUS, ""));
+                    self.end(reported);
+                    return Ok(Message::Close(frame));
+                }
+            }
+        }
+    }
+
+    /// Receives the next data message; `Ok(None)` when the peer closed.
+    pub async fn recv_message(&mut self) -> Result<Option<Message>, Error> {
+        match self.recv().await? {
+            Message::Close(_) => Ok(None),
+            m => Ok(Some(m)),
+        }
+    }
+
+    /// Receives a text message; `Ok(None)` when the peer closed. A binary
+    /// message is an error ([`Error::is_wrong_type`]) and the socket stays
+    /// usable.
+    pub async fn recv_text(&mut self) -> Result<Option<String>, Error> {
+        match self.recv_message().await? {
+            Some(Message::Text(t)) => Ok(Some(t)),
+            Some(other) => Err(wrong_type("text", &other)),
+            None => Ok(None),
+        }
+    }
+
+    /// Receives a binary message; `Ok(None)` when the peer closed. A text
+    /// message is an error ([`Error::is_wrong_type`]).
+    pub async fn recv_bytes(&mut self) -> Result<Option<Bytes>, Error> {
+        match self.recv_message().await? {
+            Some(Message::Binary(b)) => Ok(Some(b)),
+            Some(other) => Err(wrong_type("binary", &other)),
+            None => Ok(None),
+        }
+    }
+
+    /// Receives a message (text or binary) and parses it as JSON;
+    /// `Ok(None)` when the peer closed. Invalid JSON is an error
+    /// ([`Error::is_json`]) and the socket stays usable.
+    pub async fn recv_json<T: DeserializeOwned>(&mut self) -> Result<Option<T>, Error> {
+        match self.recv_message().await? {
+            Some(Message::Text(t)) => Ok(Some(serde_json::from_str(&t)?)),
+            Some(Message::Binary(b)) => Ok(Some(serde_json::from_slice(&b)?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// The peer's close frame once the connection has ended.
+    pub fn close_frame(&self) -> Option<&CloseFrame> {
+        self.ended.as_ref()
+    }
+
+    /// Whether the connection is still readable.
+    pub fn is_open(&self) -> bool {
+        self.state.is_some()
+    }
+
+    /// Waits (up to the route's close timeout) for the peer's close frame
+    /// after ours was sent, discarding data messages.
+    pub(crate) async fn finish_close(&mut self) {
+        let timeout = self.shared.close_timeout;
+        let drain = async {
+            while self.state.is_some() {
+                if let Err(e) = self.recv().await {
+                    if !e.is_recoverable() {
+                        break;
+                    }
+                }
+            }
+        };
+        if tokio::time::timeout(timeout, drain).await.is_err() {
+            self.end(CloseFrame::new(CloseCode::ABNORMAL, "close handshake timed out"));
+        }
+    }
+
+    /// A stream of data messages that ends when the peer closes. A fatal
+    /// error is yielded once and ends the stream.
+    pub fn messages(&mut self) -> impl Stream<Item = Result<Message, Error>> + Send + '_ {
+        stream_of(self, |r| Box::pin(r.recv_message()))
+    }
+
+    /// A stream of text messages (see [`Receiver::recv_text`]).
+    pub fn text_stream(&mut self) -> impl Stream<Item = Result<String, Error>> + Send + '_ {
+        stream_of(self, |r| Box::pin(r.recv_text()))
+    }
+
+    /// A stream of binary messages (see [`Receiver::recv_bytes`]).
+    pub fn bytes_stream(&mut self) -> impl Stream<Item = Result<Bytes, Error>> + Send + '_ {
+        stream_of(self, |r| Box::pin(r.recv_bytes()))
+    }
+
+    /// A stream of JSON messages parsed as `T` (see [`Receiver::recv_json`]).
+    /// A message that fails to parse yields an error and the stream goes on.
+    pub fn json_stream<T: DeserializeOwned + Send + 'static>(
+        &mut self,
+    ) -> impl Stream<Item = Result<T, Error>> + Send + '_ {
+        stream_of(self, |r| Box::pin(r.recv_json::<T>()))
+    }
+}
+
+type RecvFuture<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Option<T>, Error>> + Send + 'a>>;
+
+fn stream_of<'a, T: Send + 'a>(
+    rx: &'a mut Receiver,
+    next: for<'b> fn(&'b mut Receiver) -> RecvFuture<'b, T>,
+) -> impl Stream<Item = Result<T, Error>> + Send + 'a {
+    futures_util::stream::unfold(Some(rx), move |rx| async move {
+        let rx = rx?;
+        match next(rx).await {
+            Ok(Some(v)) => Some((Ok(v), Some(rx))),
+            Ok(None) => None,
+            Err(e) if e.is_recoverable() => Some((Err(e), Some(rx))),
+            Err(e) => Some((Err(e), None)),
+        }
+    })
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let Some(state) = self.state.take() else {
+            return;
+        };
+        let mut slot = match self.shared.slot.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match &*slot {
+            Slot::HandlerRunning => *slot = Slot::Parked(state),
+            Slot::Parked(_) | Slot::HandlerDone => {
+                drop(slot);
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    let shared = Arc::clone(&self.shared);
+                    rt.spawn(linger(state, shared, CloseFrame::new(CloseCode::NORMAL, "")));
+                }
+            }
+        }
+    }
+}
+
+/// Facts about the request that opened the socket.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnInfo {
+    pub(crate) uri: Uri,
+    pub(crate) headers: HeaderMap,
+    pub(crate) params: Vec<(String, String)>,
+    pub(crate) query: Vec<(String, String)>,
+    pub(crate) remote: SocketAddr,
+    pub(crate) protocol: Option<String>,
+}
+
+/// An accepted WebSocket connection.
+///
+/// ```no_run
+/// # async fn demo(mut ws: switchboard::Socket) -> Result<(), switchboard::Error> {
+/// ws.send_json(&serde_json::json!({"message": "Connected"})).await?;
+/// while let Some(text) = ws.recv_text().await? {
+///     ws.send_text(format!("Echo: {text}")).await?;
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Socket {
+    sender: Sender,
+    receiver: Receiver,
+    info: Arc<ConnInfo>,
+    extensions: http::Extensions,
+}
+
+impl Socket {
+    pub(crate) fn new(sender: Sender, receiver: Receiver, info: Arc<ConnInfo>) -> Self {
+        Socket {
+            sender,
+            receiver,
+            info,
+            extensions: http::Extensions::new(),
+        }
+    }
+
+    /// Splits into a cloneable [`Sender`] and the [`Receiver`].
+    pub fn split(self) -> (Sender, Receiver) {
+        (self.sender, self.receiver)
+    }
+
+    /// A clone of the sending half, for other tasks.
+    pub fn sender(&self) -> Sender {
+        self.sender.clone()
+    }
+
+    /// Sends a text message.
+    pub async fn send_text(&self, text: impl Into<String>) -> Result<(), Error> {
+        self.sender.send_text(text).await
+    }
+
+    /// Sends a binary message.
+    pub async fn send_bytes(&self, bytes: impl Into<Bytes>) -> Result<(), Error> {
+        self.sender.send_bytes(bytes).await
+    }
+
+    /// Sends `value` as a JSON text message.
+    pub async fn send_json<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), Error> {
+        self.sender.send_json(value).await
+    }
+
+    /// Sends a message.
+    pub async fn send(&self, message: impl Into<Message>) -> Result<(), Error> {
+        self.sender.send(message).await
+    }
+
+    /// Sends a ping.
+    pub fn ping(&self, payload: impl Into<Bytes>) {
+        self.sender.ping(payload)
+    }
+
+    /// See [`Receiver::recv`].
+    pub async fn recv(&mut self) -> Result<Message, Error> {
+        self.receiver.recv().await
+    }
+
+    /// See [`Receiver::recv_message`].
+    pub async fn recv_message(&mut self) -> Result<Option<Message>, Error> {
+        self.receiver.recv_message().await
+    }
+
+    /// See [`Receiver::recv_text`].
+    pub async fn recv_text(&mut self) -> Result<Option<String>, Error> {
+        self.receiver.recv_text().await
+    }
+
+    /// See [`Receiver::recv_bytes`].
+    pub async fn recv_bytes(&mut self) -> Result<Option<Bytes>, Error> {
+        self.receiver.recv_bytes().await
+    }
+
+    /// See [`Receiver::recv_json`].
+    pub async fn recv_json<T: DeserializeOwned>(&mut self) -> Result<Option<T>, Error> {
+        self.receiver.recv_json().await
+    }
+
+    /// See [`Receiver::messages`].
+    pub fn messages(&mut self) -> impl Stream<Item = Result<Message, Error>> + Send + '_ {
+        self.receiver.messages()
+    }
+
+    /// See [`Receiver::text_stream`].
+    pub fn text_stream(&mut self) -> impl Stream<Item = Result<String, Error>> + Send + '_ {
+        self.receiver.text_stream()
+    }
+
+    /// See [`Receiver::bytes_stream`].
+    pub fn bytes_stream(&mut self) -> impl Stream<Item = Result<Bytes, Error>> + Send + '_ {
+        self.receiver.bytes_stream()
+    }
+
+    /// See [`Receiver::json_stream`].
+    pub fn json_stream<T: DeserializeOwned + Send + 'static>(
+        &mut self,
+    ) -> impl Stream<Item = Result<T, Error>> + Send + '_ {
+        self.receiver.json_stream()
+    }
+
+    /// Closes with `code` and `reason` and waits (up to the close timeout)
+    /// for the peer to answer, so the handshake completes cleanly.
+    pub async fn close(&mut self, code: impl Into<CloseCode>, reason: &str) -> Result<(), Error> {
+        self.sender.close(code, reason);
+        self.receiver.finish_close().await;
+        Ok(())
+    }
+
+    /// Whether the socket is open in both directions.
+    pub fn is_open(&self) -> bool {
+        self.sender.is_open() && self.receiver.is_open()
+    }
+
+    /// The peer's close frame once the connection ended (code 1005 when it
+    /// sent none, 1006 when the connection dropped).
+    pub fn close_frame(&self) -> Option<&CloseFrame> {
+        self.receiver.close_frame()
+    }
+
+    /// The negotiated subprotocol.
+    pub fn protocol(&self) -> Option<&str> {
+        self.info.protocol.as_deref()
+    }
+
+    /// A path parameter by name.
+    pub fn path_param(&self, name: &str) -> Option<&str> {
+        lookup(&self.info.params, name)
+    }
+
+    /// All path parameters in route order.
+    pub fn path_params(&self) -> &[(String, String)] {
+        &self.info.params
+    }
+
+    /// A query parameter by name (first occurrence, percent-decoded).
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        lookup(&self.info.query, name)
+    }
+
+    /// All query parameters.
+    pub fn query_params(&self) -> &[(String, String)] {
+        &self.info.query
+    }
+
+    /// The request headers of the handshake.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.info.headers
+    }
+
+    /// The request URI of the handshake.
+    pub fn uri(&self) -> &Uri {
+        &self.info.uri
+    }
+
+    /// The client's address.
+    pub fn client_addr(&self) -> SocketAddr {
+        self.info.remote
+    }
+
+    /// Typed per-connection state: insert with `extensions_mut().insert(v)`,
+    /// read with `extensions().get::<T>()`.
+    pub fn extensions(&self) -> &http::Extensions {
+        &self.extensions
+    }
+
+    /// Mutable per-connection state.
+    pub fn extensions_mut(&mut self) -> &mut http::Extensions {
+        &mut self.extensions
+    }
+
+    /// How long [`Socket::close`] waits for the peer's close frame.
+    pub fn close_timeout(&self) -> Duration {
+        self.receiver.shared.close_timeout
+    }
+}
+
+pub(crate) fn lookup<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}

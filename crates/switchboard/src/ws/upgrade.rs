@@ -1,0 +1,375 @@
+//! The upgrade: from an HTTP request on a WebSocket route to a running
+//! handler with an accepted [`Socket`].
+//!
+//! The route checks the handshake (RFC 6455 §4.2.1), the origin policy and
+//! the subprotocol offer, runs the handler's extractors, then spawns the
+//! handler with a [`WebSocket`]. The HTTP response is whatever the handler
+//! decides first: `accept()` answers 101 and completes the upgrade;
+//! `reject()` or `close()` before accepting answers with an HTTP error (403
+//! by default, as Starlette does); returning without accepting answers 403,
+//! or 500 if the handler failed. After the handler ends, an open socket is
+//! closed with 1000, or 1011 if the handler returned an error or panicked.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use switchboard_proto::{CloseCode, CloseFrame, Decoder, Role, UpgradeRequest};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+    sync::oneshot,
+};
+
+use crate::{
+    app::AppShared,
+    error::Error,
+    extract::RequestContext,
+    handler::PreparedWs,
+    response::{error_response, Body, IntoResponse, Response},
+    ws::{
+        config::WsConfig,
+        socket::{linger, lookup, ConnInfo, ReadState, Receiver, Sender, Socket},
+        writer::{spawn_writer, Slot},
+    },
+};
+
+type ResponseSlot = Arc<std::sync::Mutex<Option<oneshot::Sender<Response>>>>;
+
+/// An incoming WebSocket connection, before the handshake is answered.
+///
+/// Inspect the request (path and query params, headers, offered
+/// subprotocols, client address), then [`accept`](WebSocket::accept) it or
+/// [`reject`](WebSocket::reject) it with an HTTP status.
+#[derive(Debug)]
+pub struct WebSocket {
+    info: ConnInfo,
+    request: UpgradeRequest,
+    config: Arc<WsConfig>,
+    respond: ResponseSlot,
+    on_upgrade: Option<OnUpgrade>,
+    app: Arc<AppShared>,
+    accepted: Arc<std::sync::OnceLock<Arc<super::writer::Shared>>>,
+}
+
+/// Options for [`WebSocket::accept_with`].
+#[derive(Debug, Default, Clone)]
+#[must_use]
+pub struct Accept {
+    protocol: Option<String>,
+    headers: HeaderMap,
+}
+
+impl Accept {
+    /// Default options: the route's subprotocol choice, no extra headers.
+    pub fn new() -> Self {
+        Accept::default()
+    }
+
+    /// Selects this subprotocol; it must be one the client offered.
+    pub fn protocol(mut self, protocol: impl Into<String>) -> Self {
+        self.protocol = Some(protocol.into());
+        self
+    }
+
+    /// Adds a header to the 101 response (e.g. a cookie).
+    pub fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.append(name, value);
+        self
+    }
+}
+
+impl WebSocket {
+    /// Accepts with the route's subprotocol choice.
+    pub async fn accept(self) -> Result<Socket, Error> {
+        self.accept_with(Accept::new()).await
+    }
+
+    /// Accepts with an explicit subprotocol and extra response headers.
+    pub async fn accept_with(mut self, options: Accept) -> Result<Socket, Error> {
+        let protocol = match options.protocol {
+            Some(p) if self.request.protocols.contains(&p) => Some(p),
+            Some(p) => {
+                return Err(Error::handshake(format!(
+                    "subprotocol {p:?} was not offered by the client"
+                )))
+            }
+            None => choose_protocol(&self.config.protocols, &self.request.protocols),
+        };
+        let Some(responder) = self.respond.lock().ok().and_then(|mut s| s.take()) else {
+            return Err(Error::handshake("the handshake was already answered"));
+        };
+        let on_upgrade = self
+            .on_upgrade
+            .take()
+            .ok_or_else(|| Error::handshake("the connection cannot be upgraded"))?;
+        let mut res = http::Response::new(Body::empty());
+        *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let h = res.headers_mut();
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(
+            header::SEC_WEBSOCKET_ACCEPT,
+            HeaderValue::from_str(&self.request.accept)
+                .map_err(|_| Error::handshake("invalid accept key"))?,
+        );
+        if let Some(p) = &protocol {
+            h.insert(
+                header::SEC_WEBSOCKET_PROTOCOL,
+                HeaderValue::from_str(p).map_err(|_| Error::handshake("invalid subprotocol"))?,
+            );
+        }
+        h.extend(options.headers);
+        if responder.send(res).is_err() {
+            return Err(Error::handshake("the client went away before the upgrade"));
+        }
+        let upgraded = on_upgrade
+            .await
+            .map_err(|e| Error::handshake(format!("upgrade failed: {e}")))?;
+        let (read, write, leftover) = split_io(upgraded);
+        let shared = spawn_writer(
+            write,
+            Role::Server,
+            self.config.max_queue_bytes,
+            self.config.close_timeout,
+            self.app.going_away.child_token(),
+            self.app.force_close.child_token(),
+        );
+        let _ = self.accepted.set(Arc::clone(&shared));
+        let reader = ReadState::new(read, Decoder::new(Role::Server, self.config.limits), leftover);
+        self.info.protocol = protocol;
+        Ok(Socket::new(
+            Sender {
+                shared: Arc::clone(&shared),
+            },
+            Receiver::new(reader, shared),
+            Arc::new(self.info.clone()),
+        ))
+    }
+
+    /// Refuses the connection with an HTTP `status` and a JSON error body.
+    pub fn reject(self, status: StatusCode, message: &str) {
+        self.respond_with(error_response(status, message));
+    }
+
+    /// Refuses the connection before accepting, as the seeds'
+    /// `websocket.close(code)` before `accept()` does: answers 403 with the
+    /// code and reason in the body.
+    pub fn close(self, code: impl Into<CloseCode>, reason: &str) {
+        let code = code.into();
+        let msg = if reason.is_empty() {
+            format!("connection refused (close code {code})")
+        } else {
+            format!("connection refused (close code {code}): {reason}")
+        };
+        self.reject(StatusCode::FORBIDDEN, &msg);
+    }
+
+    /// Answers the handshake with any response.
+    pub fn respond_with(self, response: impl IntoResponse) {
+        if let Some(tx) = self.respond.lock().ok().and_then(|mut s| s.take()) {
+            let _ = tx.send(response.into_response());
+        }
+    }
+
+    /// Subprotocols the client offered, in its order of preference.
+    pub fn protocols(&self) -> &[String] {
+        &self.request.protocols
+    }
+
+    /// Extensions the client offered (`Sec-WebSocket-Extensions`).
+    pub fn extensions(&self) -> &[switchboard_proto::ExtensionOffer] {
+        &self.request.extensions
+    }
+
+    /// A path parameter by name.
+    pub fn path_param(&self, name: &str) -> Option<&str> {
+        lookup(&self.info.params, name)
+    }
+
+    /// All path parameters, in route order.
+    pub fn path_params(&self) -> &[(String, String)] {
+        &self.info.params
+    }
+
+    /// A query parameter by name.
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        lookup(&self.info.query, name)
+    }
+
+    /// All query parameters.
+    pub fn query_params(&self) -> &[(String, String)] {
+        &self.info.query
+    }
+
+    /// The request headers.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.info.headers
+    }
+
+    /// The request URI.
+    pub fn uri(&self) -> &Uri {
+        &self.info.uri
+    }
+
+    /// The client's address.
+    pub fn client_addr(&self) -> SocketAddr {
+        self.info.remote
+    }
+}
+
+fn choose_protocol(supported: &[String], offered: &[String]) -> Option<String> {
+    offered.iter().find(|p| supported.contains(p)).cloned()
+}
+
+/// Splits the upgraded connection into owned halves. A plain TCP stream is
+/// unwrapped so reads and writes need no lock between them.
+fn split_io(
+    upgraded: Upgraded,
+) -> (
+    Box<dyn AsyncRead + Send + Unpin>,
+    Box<dyn AsyncWrite + Send + Unpin>,
+    Bytes,
+) {
+    match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            let (r, w) = parts.io.into_inner().into_split();
+            (Box::new(r), Box::new(w), parts.read_buf)
+        }
+        Err(upgraded) => {
+            let (r, w) = tokio::io::split(TokioIo::new(upgraded));
+            (Box::new(r), Box::new(w), Bytes::new())
+        }
+    }
+}
+
+/// Serves a request on a WebSocket route: checks, extraction, spawning.
+pub(crate) async fn serve(
+    mut cx: RequestContext,
+    config: Arc<WsConfig>,
+    prepare: impl FnOnce(&mut RequestContext) -> Result<PreparedWs, Response>,
+) -> Response {
+    let app = Arc::clone(&cx.shared);
+    if app.is_draining() {
+        return error_response(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down");
+    }
+    let request = match switchboard_proto::validate_request(&cx.parts.method, cx.parts.version, &cx.parts.headers) {
+        Ok(r) => r,
+        Err(e) => {
+            let mut res = error_response(e.status, e.message);
+            if e.status == StatusCode::UPGRADE_REQUIRED {
+                res.headers_mut()
+                    .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+            }
+            return res;
+        }
+    };
+    let origin = cx.parts.headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    if !config.origin.allows(origin) {
+        return error_response(StatusCode::FORBIDDEN, "origin not allowed");
+    }
+    if !config.protocols.is_empty()
+        && !request.protocols.is_empty()
+        && choose_protocol(&config.protocols, &request.protocols).is_none()
+    {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "none of the offered subprotocols is supported (supported: {})",
+                config.protocols.join(", ")
+            ),
+        );
+    }
+    let handler = match prepare(&mut cx) {
+        Ok(h) => h,
+        Err(res) => return res,
+    };
+    let query = cx
+        .parts
+        .uri
+        .query()
+        .and_then(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(q).ok())
+        .unwrap_or_default();
+    let on_upgrade = cx.parts.extensions.remove::<OnUpgrade>();
+    let (tx, rx) = oneshot::channel();
+    let respond: ResponseSlot = Arc::new(std::sync::Mutex::new(Some(tx)));
+    let accepted = Arc::new(std::sync::OnceLock::new());
+    let ws = WebSocket {
+        info: ConnInfo {
+            uri: cx.parts.uri.clone(),
+            headers: std::mem::take(&mut cx.parts.headers),
+            params: std::mem::take(&mut cx.params),
+            query,
+            remote: cx.remote,
+            protocol: None,
+        },
+        request,
+        config,
+        respond: Arc::clone(&respond),
+        on_upgrade,
+        app: Arc::clone(&app),
+        accepted: Arc::clone(&accepted),
+    };
+    let path = ws.info.uri.path().to_owned();
+    let force = app.force_close.clone();
+    app.tracker.spawn(async move {
+        let outcome = tokio::select! {
+            r = std::panic::AssertUnwindSafe(handler(ws)).catch_unwind() => r,
+            _ = force.cancelled() => return,
+        };
+        let (status, close) = match outcome {
+            Ok(Ok(())) => (StatusCode::FORBIDDEN, CloseFrame::new(CloseCode::NORMAL, "")),
+            Ok(Err(e)) => {
+                tracing::error!(path = %path, error = %e, "websocket handler failed");
+                (StatusCode::INTERNAL_SERVER_ERROR, CloseFrame::new(CloseCode::INTERNAL_ERROR, "internal error"))
+            }
+            Err(panic) => {
+                let msg = panic_message(&panic);
+                tracing::error!(path = %path, panic = %msg, "websocket handler panicked");
+                (StatusCode::INTERNAL_SERVER_ERROR, CloseFrame::new(CloseCode::INTERNAL_ERROR, "internal error"))
+            }
+        };
+        // Never accepted: answer the handshake with an HTTP error.
+        if let Some(tx) = respond.lock().ok().and_then(|mut s| s.take()) {
+            let msg = if status == StatusCode::FORBIDDEN {
+                "websocket connection rejected by the handler"
+            } else {
+                "websocket handler failed before accepting"
+            };
+            let _ = tx.send(error_response(status, msg));
+        }
+        // Accepted: finish the close handshake if the socket is still open.
+        if let Some(shared) = accepted.get() {
+            let parked = {
+                let mut slot = match shared.slot.lock() {
+                    Ok(s) => s,
+                    Err(p) => p.into_inner(),
+                };
+                std::mem::replace(&mut *slot, Slot::HandlerDone)
+            };
+            if let Slot::Parked(state) = parked {
+                linger(state, Arc::clone(shared), close).await;
+            } else if close.code == CloseCode::INTERNAL_ERROR {
+                // The receiver lives on elsewhere; still tell the peer.
+                shared.send_close(Some(&close));
+            }
+        }
+    });
+    match rx.await {
+        Ok(res) => res,
+        Err(_) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "websocket handler ended without answering"),
+    }
+}
+
+pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_owned()
+    }
+}

@@ -1,0 +1,301 @@
+//! The per-connection outbound path: a byte-bounded queue and the single
+//! writer task that drains it with vectored writes.
+//!
+//! Every frame for a connection (data from any number of [`Sender`] clones,
+//! pongs, the close frame) goes through one queue to one task, so frames
+//! never interleave and the task can coalesce whatever is queued into a
+//! single `writev`. The queue is an unbounded channel whose *bytes* are
+//! bounded by accounting (`queued`): async `send` waits for room, `try_send`
+//! fails at once, which is what a broadcast needs (it must never wait on a
+//! slow recipient). Frames are `switchboard_proto::Frame`s, whose payload is a
+//! shared `Bytes`, so one encoded frame can sit in many queues.
+//!
+//! [`Sender`]: crate::ws::Sender
+
+use std::{
+    io::IoSlice,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+};
+
+use switchboard_proto::{CloseCode, CloseFrame, Frame, OpCode, Role};
+use tokio::{
+    io::{AsyncWrite, AsyncWriteExt},
+    sync::{mpsc, Notify},
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    error::{Error, Kind},
+    ws::socket::ReadState,
+};
+
+/// Most frames gathered into one `writev` (Linux allows 1024 iovecs; two per
+/// frame; 64 keeps the batch small enough to stay in cache).
+const MAX_BATCH_FRAMES: usize = 64;
+/// Most payload bytes gathered into one `writev` before writing.
+const MAX_BATCH_BYTES: usize = 256 * 1024;
+
+pub(crate) enum Command {
+    Frame(Frame),
+    /// Flush, half-close the TCP stream and stop.
+    Shutdown,
+}
+
+/// Where the receiving half goes when it is dropped while the handler runs,
+/// so the handler's wrapper can finish the close handshake with the right
+/// code (1000 after a normal return, 1011 after an error or panic).
+pub(crate) enum Slot {
+    HandlerRunning,
+    Parked(Box<ReadState>),
+    HandlerDone,
+}
+
+/// State shared by the senders, the receiver and the writer task.
+pub(crate) struct Shared {
+    tx: mpsc::UnboundedSender<Command>,
+    /// Bytes queued but not yet written.
+    queued: AtomicUsize,
+    pub(crate) max_queue_bytes: usize,
+    /// Woken by the writer after each write, for senders waiting for room.
+    space: Notify,
+    /// A close frame has been queued: no data may follow it.
+    close_sent: AtomicBool,
+    /// The writer has stopped (peer gone or shutdown done).
+    writer_done: AtomicBool,
+    pub(crate) role: Role,
+    pub(crate) slot: Mutex<Slot>,
+    pub(crate) close_timeout: std::time::Duration,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("queued", &self.queued)
+            .field("close_sent", &self.close_sent)
+            .field("writer_done", &self.writer_done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    pub(crate) fn is_open(&self) -> bool {
+        !self.close_sent.load(Ordering::Acquire) && !self.writer_done.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn close_sent(&self) -> bool {
+        self.close_sent.load(Ordering::Acquire)
+    }
+
+    fn closed_error(&self) -> Error {
+        Error::disconnect(CloseFrame::new(CloseCode::ABNORMAL, "connection is closed"))
+    }
+
+    fn push(&self, frame: Frame) -> Result<(), Error> {
+        self.queued.fetch_add(frame.wire_len(), Ordering::AcqRel);
+        self.tx
+            .send(Command::Frame(frame))
+            .map_err(|_| self.closed_error())
+    }
+
+    /// Queues a data frame without waiting; fails when the queue is over its
+    /// byte limit (the caller decides what a slow consumer deserves).
+    pub(crate) fn try_send(&self, frame: Frame) -> Result<(), Error> {
+        if !self.is_open() {
+            return Err(self.closed_error());
+        }
+        let queued = self.queued.load(Ordering::Acquire);
+        if queued > 0 && queued + frame.wire_len() > self.max_queue_bytes {
+            return Err(Error::new(Kind::Capacity {
+                queued,
+                limit: self.max_queue_bytes,
+            }));
+        }
+        self.push(frame)
+    }
+
+    /// Queues a data frame, waiting while the queue is over its byte limit.
+    pub(crate) async fn send(&self, frame: Frame) -> Result<(), Error> {
+        loop {
+            let notified = self.space.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.is_open() {
+                return Err(self.closed_error());
+            }
+            let queued = self.queued.load(Ordering::Acquire);
+            if queued == 0 || queued + frame.wire_len() <= self.max_queue_bytes {
+                return self.push(frame);
+            }
+            notified.await;
+        }
+    }
+
+    /// Queues a control frame (ping/pong), ignoring the byte limit: they are
+    /// tiny and bounded by the rate the peer can send pings.
+    pub(crate) fn send_control(&self, frame: Frame) {
+        if !self.close_sent() {
+            let _ = self.push(frame);
+        }
+    }
+
+    /// Queues our close frame unless one was already queued; returns whether
+    /// this call queued it.
+    pub(crate) fn send_close(&self, close: Option<&CloseFrame>) -> bool {
+        if self.close_sent.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        let frame = match self.role {
+            Role::Server => Frame::close(close),
+            Role::Client => Frame::masked(
+                OpCode::Close,
+                true,
+                false,
+                &close.map(CloseFrame::encode).unwrap_or_default(),
+                rand::random(),
+            ),
+        };
+        let _ = self.push(frame);
+        self.space.notify_waiters();
+        true
+    }
+
+    /// Asks the writer to flush and half-close after what is queued.
+    pub(crate) fn shutdown(&self) {
+        let _ = self.tx.send(Command::Shutdown);
+    }
+}
+
+/// Creates the shared state and spawns the writer task on `io`.
+pub(crate) fn spawn_writer(
+    io: Box<dyn AsyncWrite + Send + Unpin>,
+    role: Role,
+    max_queue_bytes: usize,
+    close_timeout: std::time::Duration,
+    going_away: CancellationToken,
+    force: CancellationToken,
+) -> Arc<Shared> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared {
+        tx,
+        queued: AtomicUsize::new(0),
+        max_queue_bytes,
+        space: Notify::new(),
+        close_sent: AtomicBool::new(false),
+        writer_done: AtomicBool::new(false),
+        role,
+        slot: Mutex::new(Slot::HandlerRunning),
+        close_timeout,
+    });
+    let task_shared = Arc::clone(&shared);
+    tokio::spawn(async move {
+        writer_loop(io, rx, &task_shared, going_away, force).await;
+        task_shared.writer_done.store(true, Ordering::Release);
+        task_shared.space.notify_waiters();
+    });
+    shared
+}
+
+async fn writer_loop(
+    mut io: Box<dyn AsyncWrite + Send + Unpin>,
+    mut rx: mpsc::UnboundedReceiver<Command>,
+    shared: &Shared,
+    going_away: CancellationToken,
+    force: CancellationToken,
+) {
+    let mut batch: Vec<Frame> = Vec::with_capacity(MAX_BATCH_FRAMES);
+    let mut told_going_away = false;
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = force.cancelled() => return,
+            _ = going_away.cancelled(), if !told_going_away => {
+                told_going_away = true;
+                shared.send_close(Some(&CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down")));
+                continue;
+            }
+            cmd = rx.recv() => cmd,
+        };
+        let Some(first) = first else { break };
+        let mut shutdown = false;
+        let mut bytes = 0;
+        let mut next = Some(first);
+        while let Some(cmd) = next.take() {
+            match cmd {
+                Command::Frame(f) => {
+                    bytes += f.wire_len();
+                    batch.push(f);
+                }
+                Command::Shutdown => {
+                    shutdown = true;
+                    break;
+                }
+            }
+            if batch.len() < MAX_BATCH_FRAMES && bytes < MAX_BATCH_BYTES {
+                next = rx.try_recv().ok();
+            }
+        }
+        let written = tokio::select! {
+            biased;
+            _ = force.cancelled() => return,
+            r = write_all_vectored(&mut io, &batch) => r,
+        };
+        batch.clear();
+        shared.queued.fetch_sub(bytes, Ordering::AcqRel);
+        shared.space.notify_waiters();
+        if let Err(e) = written {
+            tracing::debug!(error = %e, "websocket write failed");
+            return;
+        }
+        if shutdown {
+            break;
+        }
+    }
+    let _ = tokio::time::timeout(shared.close_timeout, io.shutdown()).await;
+}
+
+/// Writes every frame in `batch` (header and payload slices) with as few
+/// `writev` calls as the kernel allows.
+async fn write_all_vectored(
+    io: &mut (dyn AsyncWrite + Send + Unpin),
+    batch: &[Frame],
+) -> std::io::Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let mut parts: Vec<&[u8]> = Vec::with_capacity(batch.len() * 2);
+    for f in batch {
+        parts.push(f.header());
+        if !f.payload().is_empty() {
+            parts.push(f.payload());
+        }
+    }
+    let mut first = 0;
+    let mut offset = 0;
+    while first < parts.len() {
+        let n = {
+            let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(parts.len() - first);
+            slices.push(IoSlice::new(&parts[first][offset..]));
+            slices.extend(parts[first + 1..].iter().map(|p| IoSlice::new(p)));
+            io.write_vectored(&slices).await?
+        };
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let mut n = n;
+        while n > 0 && first < parts.len() {
+            let left = parts[first].len() - offset;
+            if n >= left {
+                n -= left;
+                first += 1;
+                offset = 0;
+            } else {
+                offset += n;
+                n = 0;
+            }
+        }
+    }
+    io.flush().await
+}
