@@ -131,10 +131,14 @@ mod tests {
 
     #[test]
     fn valid_and_invalid_codes_match_autobahn_7_7_and_7_9() {
-        for code in [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999] {
+        for code in [
+            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999,
+        ] {
             assert!(CloseCode(code).is_sendable(), "{code}");
         }
-        for code in [0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535] {
+        for code in [
+            0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+        ] {
             assert!(!CloseCode(code).is_sendable(), "{code}");
         }
     }
@@ -142,10 +146,22 @@ mod tests {
     #[test]
     fn parse_rules() {
         assert_eq!(CloseFrame::parse(&[]).unwrap(), None);
-        assert_eq!(CloseFrame::parse(&[0x03]), Err(ProtocolError::InvalidClosePayload));
-        assert_eq!(CloseFrame::parse(&[0x03, 0xe8]).unwrap(), Some(CloseFrame::new(1000, "")));
-        assert_eq!(CloseFrame::parse(&[0x03, 0xed, 0xff]), Err(ProtocolError::InvalidCloseCode(1005)));
-        assert_eq!(CloseFrame::parse(&[0x03, 0xe8, 0xff]), Err(ProtocolError::InvalidUtf8));
+        assert_eq!(
+            CloseFrame::parse(&[0x03]),
+            Err(ProtocolError::InvalidClosePayload)
+        );
+        assert_eq!(
+            CloseFrame::parse(&[0x03, 0xe8]).unwrap(),
+            Some(CloseFrame::new(1000, ""))
+        );
+        assert_eq!(
+            CloseFrame::parse(&[0x03, 0xed, 0xff]),
+            Err(ProtocolError::InvalidCloseCode(1005))
+        );
+        assert_eq!(
+            CloseFrame::parse(&[0x03, 0xe8, 0xff]),
+            Err(ProtocolError::InvalidUtf8)
+        );
         let f = CloseFrame::parse(b"\x0f\xa0bye").unwrap().unwrap();
         assert_eq!((f.code.0, f.reason.as_str()), (4000, "bye"));
     }

@@ -177,9 +177,14 @@ impl Decoder {
                     apply_mask(fresh, key, frame.processed);
                 }
                 let plain_text = !frame.header.opcode.is_control()
-                    && self.message.as_ref().is_some_and(|m| m.text && !m.compressed);
+                    && self
+                        .message
+                        .as_ref()
+                        .is_some_and(|m| m.text && !m.compressed);
                 if plain_text {
-                    self.utf8.feed(fresh).map_err(|_| ProtocolError::InvalidUtf8)?;
+                    self.utf8
+                        .feed(fresh)
+                        .map_err(|_| ProtocolError::InvalidUtf8)?;
                 }
                 frame.processed = available;
             }
@@ -200,7 +205,9 @@ impl Decoder {
         if h.rsv2 || h.rsv3 {
             return Err(ProtocolError::ReservedBits);
         }
-        if h.rsv1 && !(self.extension.is_some() && matches!(h.opcode, OpCode::Text | OpCode::Binary)) {
+        if h.rsv1
+            && !(self.extension.is_some() && matches!(h.opcode, OpCode::Text | OpCode::Binary))
+        {
             return Err(ProtocolError::ReservedBits);
         }
         match (self.role, h.mask.is_some()) {
@@ -340,7 +347,13 @@ mod tests {
         let mut bytes = masked(OpCode::Text, true, b"hello");
         bytes.extend(masked(OpCode::Binary, true, &[0, 1, 2]));
         let evs = decode_all(&mut server(), &bytes).unwrap();
-        assert_eq!(evs, [Event::Text("hello".into()), Event::Binary(vec![0, 1, 2].into())]);
+        assert_eq!(
+            evs,
+            [
+                Event::Text("hello".into()),
+                Event::Binary(vec![0, 1, 2].into())
+            ]
+        );
     }
 
     #[test]
@@ -372,7 +385,10 @@ mod tests {
     fn masked_server_frame_rejected_by_client() {
         let bytes = masked(OpCode::Text, true, b"x");
         let mut dec = Decoder::new(Role::Client, Limits::default());
-        assert_eq!(decode_all(&mut dec, &bytes), Err(ProtocolError::Masking(false)));
+        assert_eq!(
+            decode_all(&mut dec, &bytes),
+            Err(ProtocolError::Masking(false))
+        );
     }
 
     #[test]
@@ -380,7 +396,10 @@ mod tests {
         for bit in [0x40u8, 0x20, 0x10] {
             let mut bytes = masked(OpCode::Text, true, b"x");
             bytes[0] |= bit;
-            assert_eq!(decode_all(&mut server(), &bytes), Err(ProtocolError::ReservedBits));
+            assert_eq!(
+                decode_all(&mut server(), &bytes),
+                Err(ProtocolError::ReservedBits)
+            );
         }
     }
 
@@ -388,30 +407,52 @@ mod tests {
     fn control_frame_rules() {
         let mut frag_ping = masked(OpCode::Ping, true, b"x");
         frag_ping[0] &= 0x7f;
-        assert_eq!(decode_all(&mut server(), &frag_ping), Err(ProtocolError::FragmentedControl));
+        assert_eq!(
+            decode_all(&mut server(), &frag_ping),
+            Err(ProtocolError::FragmentedControl)
+        );
         let long = masked(OpCode::Ping, true, &[0; 126]);
-        assert_eq!(decode_all(&mut server(), &long), Err(ProtocolError::ControlTooLong));
+        assert_eq!(
+            decode_all(&mut server(), &long),
+            Err(ProtocolError::ControlTooLong)
+        );
         let ok = masked(OpCode::Ping, true, &[7; 125]);
-        assert_eq!(decode_all(&mut server(), &ok).unwrap(), [Event::Ping(vec![7; 125].into())]);
+        assert_eq!(
+            decode_all(&mut server(), &ok).unwrap(),
+            [Event::Ping(vec![7; 125].into())]
+        );
     }
 
     #[test]
     fn fragmentation_order() {
         let cont = masked(OpCode::Continuation, true, b"x");
-        assert_eq!(decode_all(&mut server(), &cont), Err(ProtocolError::UnexpectedContinuation));
+        assert_eq!(
+            decode_all(&mut server(), &cont),
+            Err(ProtocolError::UnexpectedContinuation)
+        );
         let mut two_starts = masked(OpCode::Text, false, b"a");
         two_starts.extend(masked(OpCode::Text, true, b"b"));
-        assert_eq!(decode_all(&mut server(), &two_starts), Err(ProtocolError::ExpectedContinuation));
+        assert_eq!(
+            decode_all(&mut server(), &two_starts),
+            Err(ProtocolError::ExpectedContinuation)
+        );
     }
 
     #[test]
     fn invalid_utf8_fails_fast_inside_a_frame() {
         // Header and first bytes of a long text frame whose second byte is bad.
-        let bytes = masked(OpCode::Text, true, &[b'a', 0xff, b'b', b'c', b'd', b'e', b'f']);
+        let bytes = masked(
+            OpCode::Text,
+            true,
+            &[b'a', 0xff, b'b', b'c', b'd', b'e', b'f'],
+        );
         let mut dec = server();
         let mut buf = BytesMut::from(&bytes[..2 + 4 + 2]);
         assert_eq!(dec.decode(&mut buf), Err(ProtocolError::InvalidUtf8));
-        assert_eq!(ProtocolError::InvalidUtf8.close_code(), CloseCode::INVALID_PAYLOAD);
+        assert_eq!(
+            ProtocolError::InvalidUtf8.close_code(),
+            CloseCode::INVALID_PAYLOAD
+        );
     }
 
     #[test]
@@ -420,7 +461,10 @@ mod tests {
         let first = masked(OpCode::Text, false, &[0xce, 0xba, 0xed]);
         assert_eq!(decode_all(&mut dec, &first).unwrap(), []);
         let second = masked(OpCode::Continuation, false, &[0xa0, 0x80]);
-        assert_eq!(decode_all(&mut dec, &second), Err(ProtocolError::InvalidUtf8));
+        assert_eq!(
+            decode_all(&mut dec, &second),
+            Err(ProtocolError::InvalidUtf8)
+        );
     }
 
     #[test]
@@ -434,10 +478,18 @@ mod tests {
         let big = masked(OpCode::Binary, true, &[0; 101]);
         let mut dec = Decoder::new(Role::Server, limits);
         let mut buf = BytesMut::from(&big[..8]);
-        assert!(matches!(dec.decode(&mut buf), Err(ProtocolError::FrameTooBig { size: 101, .. })));
+        assert!(matches!(
+            dec.decode(&mut buf),
+            Err(ProtocolError::FrameTooBig { size: 101, .. })
+        ));
         // Exactly at the limit is fine.
         let at = masked(OpCode::Binary, true, &[0; 100]);
-        assert_eq!(decode_all(&mut Decoder::new(Role::Server, limits), &at).unwrap().len(), 1);
+        assert_eq!(
+            decode_all(&mut Decoder::new(Role::Server, limits), &at)
+                .unwrap()
+                .len(),
+            1
+        );
         // Message over the limit across fragments.
         let mut msg = masked(OpCode::Binary, false, &[0; 100]);
         msg.extend(masked(OpCode::Continuation, true, &[0; 51]));
@@ -458,13 +510,22 @@ mod tests {
         let mut bytes = vec![0x82, 0xff];
         bytes.extend_from_slice(&((1u64 << 62).to_be_bytes()));
         bytes.extend_from_slice(&KEY);
-        assert!(matches!(decode_all(&mut server(), &bytes), Err(ProtocolError::FrameTooBig { .. })));
+        assert!(matches!(
+            decode_all(&mut server(), &bytes),
+            Err(ProtocolError::FrameTooBig { .. })
+        ));
     }
 
     #[test]
     fn close_frames() {
         let mut dec = server();
-        let close = Frame::masked(OpCode::Close, true, false, &CloseFrame::new(1000, "bye").encode(), KEY);
+        let close = Frame::masked(
+            OpCode::Close,
+            true,
+            false,
+            &CloseFrame::new(1000, "bye").encode(),
+            KEY,
+        );
         let mut bytes = close.to_vec();
         bytes.extend(masked(OpCode::Text, true, b"ignored"));
         assert_eq!(
@@ -473,17 +534,32 @@ mod tests {
         );
         assert!(dec.is_closed());
         let bad = masked(OpCode::Close, true, &[0x03, 0xed]);
-        assert_eq!(decode_all(&mut server(), &bad), Err(ProtocolError::InvalidCloseCode(1005)));
+        assert_eq!(
+            decode_all(&mut server(), &bad),
+            Err(ProtocolError::InvalidCloseCode(1005))
+        );
         let empty = masked(OpCode::Close, true, &[]);
-        assert_eq!(decode_all(&mut server(), &empty).unwrap(), [Event::Close(None)]);
+        assert_eq!(
+            decode_all(&mut server(), &empty).unwrap(),
+            [Event::Close(None)]
+        );
     }
 
     #[derive(Debug)]
     struct Upper;
     impl PayloadExtension for Upper {
-        fn decode_fragment(&mut self, f: &[u8], _fin: bool, out: &mut BytesMut, limit: usize) -> Result<(), ProtocolError> {
+        fn decode_fragment(
+            &mut self,
+            f: &[u8],
+            _fin: bool,
+            out: &mut BytesMut,
+            limit: usize,
+        ) -> Result<(), ProtocolError> {
             if out.len() + f.len() * 2 > limit {
-                return Err(ProtocolError::MessageTooBig { size: (out.len() + f.len() * 2) as u64, limit });
+                return Err(ProtocolError::MessageTooBig {
+                    size: (out.len() + f.len() * 2) as u64,
+                    limit,
+                });
             }
             for b in f {
                 out.extend_from_slice(&[b.to_ascii_uppercase(); 2]);

@@ -252,7 +252,12 @@ impl Frame {
 
     /// A close frame carrying `close` (or no payload when `None`).
     pub fn close(close: Option<&crate::CloseFrame>) -> Frame {
-        Frame::new(OpCode::Close, true, false, close.map(|c| c.encode()).unwrap_or_default())
+        Frame::new(
+            OpCode::Close,
+            true,
+            false,
+            close.map(|c| c.encode()).unwrap_or_default(),
+        )
     }
 
     /// The encoded header bytes.
@@ -320,13 +325,25 @@ mod tests {
     #[test]
     fn reserved_opcodes_rejected() {
         for op in [3u8, 4, 5, 6, 7, 0xb, 0xc, 0xd, 0xe, 0xf] {
-            assert_eq!(FrameHeader::parse(&[0x80 | op, 0]), Err(ProtocolError::ReservedOpcode(op)));
+            assert_eq!(
+                FrameHeader::parse(&[0x80 | op, 0]),
+                Err(ProtocolError::ReservedOpcode(op))
+            );
         }
     }
 
     #[test]
     fn masked_frame_unmasks() {
-        let f = Frame::masked(OpCode::Text, true, false, b"Hello", [0x37, 0xfa, 0x21, 0x3d]);
-        assert_eq!(f.to_vec(), [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58]);
+        let f = Frame::masked(
+            OpCode::Text,
+            true,
+            false,
+            b"Hello",
+            [0x37, 0xfa, 0x21, 0x3d],
+        );
+        assert_eq!(
+            f.to_vec(),
+            [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58]
+        );
     }
 }

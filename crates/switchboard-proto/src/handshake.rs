@@ -112,7 +112,10 @@ pub fn validate_request(
             "missing Connection: upgrade header",
         ));
     }
-    let versions: Vec<_> = headers.get_all(header::SEC_WEBSOCKET_VERSION).iter().collect();
+    let versions: Vec<_> = headers
+        .get_all(header::SEC_WEBSOCKET_VERSION)
+        .iter()
+        .collect();
     if versions.len() != 1 || versions[0].as_bytes().trim_ascii() != b"13" {
         return Err(HandshakeError::new(
             StatusCode::UPGRADE_REQUIRED,
@@ -138,9 +141,8 @@ pub fn validate_request(
             ))
         }
     }
-    let protocols = parse_protocols(headers).map_err(|message| {
-        HandshakeError::new(StatusCode::BAD_REQUEST, message)
-    })?;
+    let protocols = parse_protocols(headers)
+        .map_err(|message| HandshakeError::new(StatusCode::BAD_REQUEST, message))?;
     let extensions = parse_extensions(headers)
         .map_err(|message| HandshakeError::new(StatusCode::BAD_REQUEST, message))?;
     Ok(UpgradeRequest {
@@ -152,9 +154,8 @@ pub fn validate_request(
 
 fn is_token(s: &str) -> bool {
     !s.is_empty()
-        && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Parses every `Sec-WebSocket-Protocol` header into a list of tokens.
@@ -327,7 +328,10 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("upgrade", "WebSocket".parse().unwrap());
         h.insert("connection", "Upgrade".parse().unwrap());
-        h.insert("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==".parse().unwrap());
+        h.insert(
+            "sec-websocket-key",
+            "dGhlIHNhbXBsZSBub25jZQ==".parse().unwrap(),
+        );
         h.insert("sec-websocket-version", "13".parse().unwrap());
         h
     }
@@ -395,8 +399,14 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("upgrade", "websocket".parse().unwrap());
         h.insert("connection", "Upgrade".parse().unwrap());
-        h.insert("sec-websocket-accept", accept_key(key.as_bytes()).parse().unwrap());
-        assert_eq!(validate_response(StatusCode::SWITCHING_PROTOCOLS, &h, key, &[]), Ok(None));
+        h.insert(
+            "sec-websocket-accept",
+            accept_key(key.as_bytes()).parse().unwrap(),
+        );
+        assert_eq!(
+            validate_response(StatusCode::SWITCHING_PROTOCOLS, &h, key, &[]),
+            Ok(None)
+        );
         h.insert("sec-websocket-protocol", "chat".parse().unwrap());
         assert!(validate_response(StatusCode::SWITCHING_PROTOCOLS, &h, key, &[]).is_err());
         assert_eq!(

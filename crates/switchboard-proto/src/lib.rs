@@ -30,9 +30,9 @@ pub use decoder::{Decoder, Event, PayloadExtension, Role};
 pub use error::ProtocolError;
 pub use frame::{Frame, FrameHeader, OpCode, MAX_HEADER_LEN};
 pub use handshake::{
-    accept_key, client_key, header_has_token, parse_extensions, parse_protocols,
-    validate_request, validate_response, ClientHandshakeError, ExtensionOffer, HandshakeError,
-    UpgradeRequest, MAX_EXTENSION_PARAMS, MAX_LIST_ITEMS,
+    accept_key, client_key, header_has_token, parse_extensions, parse_protocols, validate_request,
+    validate_response, ClientHandshakeError, ExtensionOffer, HandshakeError, UpgradeRequest,
+    MAX_EXTENSION_PARAMS, MAX_LIST_ITEMS,
 };
 pub use limits::Limits;
 pub use mask::apply_mask;

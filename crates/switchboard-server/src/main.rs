@@ -13,7 +13,11 @@ use serde_json::json;
 use switchboard::{App, Json, Limits, Path, WebSocket, WsConfig};
 
 #[derive(Parser, Debug)]
-#[command(name = "switchboard", version, about = "Switchboard real-time WebSocket server")]
+#[command(
+    name = "switchboard",
+    version,
+    about = "Switchboard real-time WebSocket server"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -52,7 +56,11 @@ struct ServeArgs {
 
 impl ServeArgs {
     fn limits(&self) -> Limits {
-        let mut limits = if self.autobahn { Limits::AUTOBAHN } else { Limits::DEFAULT };
+        let mut limits = if self.autobahn {
+            Limits::AUTOBAHN
+        } else {
+            Limits::DEFAULT
+        };
         if let Some(n) = self.max_message_size {
             limits.max_message_size = n;
         }
@@ -77,7 +85,9 @@ fn demo_app(args: &ServeArgs) -> App {
         .ws_config(ws)
         .shutdown_timeout(Duration::from_secs(args.shutdown_timeout))
         .get("/health", || async { "ok" })
-        .post("/api/echo", |Json(v): Json<serde_json::Value>| async move { Json(v) })
+        .post("/api/echo", |Json(v): Json<serde_json::Value>| async move {
+            Json(v)
+        })
         .websocket("/ws/echo", |ws: WebSocket| async move {
             let mut ws = ws.accept().await?;
             while let Some(msg) = ws.recv_message().await? {
@@ -85,29 +95,34 @@ fn demo_app(args: &ServeArgs) -> App {
             }
             Ok::<_, switchboard::Error>(())
         })
-        .websocket("/ws/rooms/{room}", |ws: WebSocket, Path(room): Path<String>| async move {
-            let mut ws = ws.accept().await?;
-            ws.send_json(&json!({"message": format!("Welcome to {room}!")})).await?;
-            loop {
-                match ws.recv_json::<serde_json::Value>().await {
-                    Ok(Some(msg)) => ws.send_json(&json!({"room": room, "message": msg})).await?,
-                    Ok(None) => break,
-                    Err(e) if e.is_recoverable() => {
-                        ws.send_json(&json!({"error": e.to_string()})).await?;
+        .websocket(
+            "/ws/rooms/{room}",
+            |ws: WebSocket, Path(room): Path<String>| async move {
+                let mut ws = ws.accept().await?;
+                ws.send_json(&json!({"message": format!("Welcome to {room}!")}))
+                    .await?;
+                loop {
+                    match ws.recv_json::<serde_json::Value>().await {
+                        Ok(Some(msg)) => {
+                            ws.send_json(&json!({"room": room, "message": msg})).await?
+                        }
+                        Ok(None) => break,
+                        Err(e) if e.is_recoverable() => {
+                            ws.send_json(&json!({"error": e.to_string()})).await?;
+                        }
+                        Err(e) => return Err(e),
                     }
-                    Err(e) => return Err(e),
                 }
-            }
-            Ok(())
-        })
+                Ok(())
+            },
+        )
 }
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let cli = Cli::parse();

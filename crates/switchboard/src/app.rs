@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    extract::RequestContext,
+    extract::{Rejection, RequestContext},
     handler::{BoxFuture, Handler, PreparedWs, WsHandler},
     response::{error_response, Response},
     router::{best_match, Pattern},
@@ -24,7 +24,7 @@ use crate::{
 };
 
 type BoxHandler = Arc<dyn Fn(RequestContext, Incoming) -> BoxFuture<Response> + Send + Sync>;
-type BoxWsHandler = Arc<dyn Fn(&mut RequestContext) -> Result<PreparedWs, Response> + Send + Sync>;
+type BoxWsHandler = Arc<dyn Fn(&mut RequestContext) -> Result<PreparedWs, Rejection> + Send + Sync>;
 type Hook = Box<dyn Fn() -> BoxFuture<()> + Send + Sync>;
 
 struct WsRoute {
@@ -91,7 +91,14 @@ pub(crate) struct AppShared {
 impl std::fmt::Debug for AppShared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppShared")
-            .field("routes", &self.routes.iter().map(|r| r.pattern.as_str()).collect::<Vec<_>>())
+            .field(
+                "routes",
+                &self
+                    .routes
+                    .iter()
+                    .map(|r| r.pattern.as_str())
+                    .collect::<Vec<_>>(),
+            )
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
@@ -163,7 +170,10 @@ impl AppShared {
                 ws::upgrade::serve(cx, Arc::clone(&ws_route.config), move |cx| handler(cx)).await
             }
             (_, Some(h)) => {
-                match std::panic::AssertUnwindSafe(h(cx, body)).catch_unwind().await {
+                match std::panic::AssertUnwindSafe(h(cx, body))
+                    .catch_unwind()
+                    .await
+                {
                     Ok(res) => res,
                     Err(panic) => {
                         let msg = ws::upgrade::panic_message(&panic);
@@ -223,7 +233,14 @@ pub struct App {
 impl std::fmt::Debug for App {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("App")
-            .field("routes", &self.routes.iter().map(|r| r.pattern.as_str()).collect::<Vec<_>>())
+            .field(
+                "routes",
+                &self
+                    .routes
+                    .iter()
+                    .map(|r| r.pattern.as_str())
+                    .collect::<Vec<_>>(),
+            )
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
@@ -327,7 +344,10 @@ impl App {
         handler: H,
     ) -> App {
         let route = self.route_entry(path);
-        assert!(route.websocket.is_none(), "websocket route {path} registered twice");
+        assert!(
+            route.websocket.is_none(),
+            "websocket route {path} registered twice"
+        );
         route.websocket = Some(WsRoute {
             config: Arc::new(config),
             handler: Arc::new(move |cx| handler.clone().prepare(cx)),
@@ -342,7 +362,12 @@ impl App {
     }
 
     /// Adds a WebSocket route served by an event handler, with settings.
-    pub fn websocket_events_with<E: WsEvents>(self, path: &str, config: WsConfig, events: E) -> App {
+    pub fn websocket_events_with<E: WsEvents>(
+        self,
+        path: &str,
+        config: WsConfig,
+        events: E,
+    ) -> App {
         let events = Arc::new(events);
         self.websocket_with(path, config, move |ws: WebSocket| {
             let events = Arc::clone(&events);

@@ -133,10 +133,16 @@ impl WsClient {
             .body(Empty::<Bytes>::new())
             .map_err(|e| ConnectError::Url(e.to_string()))?;
         let h = req.headers_mut();
-        h.insert(header::HOST, HeaderValue::from_str(host).map_err(|e| ConnectError::Url(e.to_string()))?);
+        h.insert(
+            header::HOST,
+            HeaderValue::from_str(host).map_err(|e| ConnectError::Url(e.to_string()))?,
+        );
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        h.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        h.insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
         h.insert(
             header::SEC_WEBSOCKET_KEY,
             HeaderValue::from_str(&key).map_err(|e| ConnectError::Url(e.to_string()))?,
@@ -167,7 +173,12 @@ impl WsClient {
                 body,
             });
         }
-        let protocol = switchboard_proto::validate_response(res.status(), res.headers(), &key, &self.protocols)?;
+        let protocol = switchboard_proto::validate_response(
+            res.status(),
+            res.headers(),
+            &key,
+            &self.protocols,
+        )?;
         let headers = res.headers().clone();
         let upgraded = hyper::upgrade::on(res).await.map_err(io_err)?;
         let (read, write) = tokio::io::split(TokioIo::new(upgraded));

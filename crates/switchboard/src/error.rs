@@ -116,7 +116,10 @@ impl Error {
 
     /// Whether the socket can still be used after this error.
     pub fn is_recoverable(&self) -> bool {
-        matches!(self.kind, Kind::Json(_) | Kind::WrongType { .. } | Kind::Capacity { .. })
+        matches!(
+            self.kind,
+            Kind::Json(_) | Kind::WrongType { .. } | Kind::Capacity { .. }
+        )
     }
 }
 

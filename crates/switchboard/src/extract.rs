@@ -138,9 +138,12 @@ pub struct Query<T>(pub T);
 impl<T: DeserializeOwned + Send> FromRequestParts for Query<T> {
     fn from_request_parts(cx: &mut RequestContext) -> Result<Self, Rejection> {
         let q = cx.parts.uri.query().unwrap_or_default();
-        serde_urlencoded::from_str(q)
-            .map(Query)
-            .map_err(|e| Rejection::new(StatusCode::BAD_REQUEST, format!("invalid query string: {e}")))
+        serde_urlencoded::from_str(q).map(Query).map_err(|e| {
+            Rejection::new(
+                StatusCode::BAD_REQUEST,
+                format!("invalid query string: {e}"),
+            )
+        })
     }
 }
 
@@ -150,15 +153,20 @@ pub struct State<T>(pub T);
 
 impl<T: Clone + Send + Sync + 'static> FromRequestParts for State<T> {
     fn from_request_parts(cx: &mut RequestContext) -> Result<Self, Rejection> {
-        cx.shared.state.get::<T>().cloned().map(State).ok_or_else(|| {
-            Rejection::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!(
-                    "State<{}> was not registered with App::state",
-                    std::any::type_name::<T>()
-                ),
-            )
-        })
+        cx.shared
+            .state
+            .get::<T>()
+            .cloned()
+            .map(State)
+            .ok_or_else(|| {
+                Rejection::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!(
+                        "State<{}> was not registered with App::state",
+                        std::any::type_name::<T>()
+                    ),
+                )
+            })
     }
 }
 
@@ -226,9 +234,8 @@ impl FromRequest for Bytes {
 impl FromRequest for String {
     async fn from_request(cx: &mut RequestContext, body: Incoming) -> Result<Self, Rejection> {
         let bytes = read_body(cx, body).await?;
-        String::from_utf8(bytes.into()).map_err(|_| {
-            Rejection::new(StatusCode::BAD_REQUEST, "request body is not valid UTF-8")
-        })
+        String::from_utf8(bytes.into())
+            .map_err(|_| Rejection::new(StatusCode::BAD_REQUEST, "request body is not valid UTF-8"))
     }
 }
 

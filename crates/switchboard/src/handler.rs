@@ -9,7 +9,7 @@ use std::{future::Future, pin::Pin};
 use hyper::body::Incoming;
 
 use crate::{
-    extract::{FromRequest, FromRequestParts, RequestContext},
+    extract::{FromRequest, FromRequestParts, Rejection, RequestContext},
     response::{BoxError, IntoResponse, Response},
     ws::WebSocket,
 };
@@ -105,7 +105,7 @@ pub(crate) type PreparedWs = Box<dyn FnOnce(WebSocket) -> BoxFuture<Result<(), B
 pub trait WsHandler<M>: Clone + Send + Sync + 'static {
     /// Runs the extractors; on success returns the handler bound to them.
     #[doc(hidden)]
-    fn prepare(self, cx: &mut RequestContext) -> Result<PreparedWs, Response>;
+    fn prepare(self, cx: &mut RequestContext) -> Result<PreparedWs, Rejection>;
 }
 
 macro_rules! impl_ws_handler {
@@ -119,9 +119,9 @@ macro_rules! impl_ws_handler {
             $($ty: FromRequestParts + 'static,)*
         {
             #[allow(unused_variables)]
-            fn prepare(self, cx: &mut RequestContext) -> Result<PreparedWs, Response> {
+            fn prepare(self, cx: &mut RequestContext) -> Result<PreparedWs, Rejection> {
                 $(
-                    let $ty = $ty::from_request_parts(cx).map_err(IntoResponse::into_response)?;
+                    let $ty = $ty::from_request_parts(cx)?;
                 )*
                 Ok(Box::new(move |ws| Box::pin(async move { self(ws, $($ty,)*).await.into_result() })))
             }

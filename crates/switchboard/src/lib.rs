@@ -62,7 +62,10 @@ pub use response::{error_response, Body, BoxError, Html, IntoResponse, Json, Res
 pub use server::shutdown_signal;
 pub use switchboard_proto as proto;
 pub use switchboard_proto::{CloseCode, CloseFrame, Limits};
-pub use ws::{Accept, Message, OriginPolicy, Receiver, Sender, Socket, WebSocket, WsConfig, WsEvents};
+pub use ws::{
+    Accept, Message, OriginCheck, OriginPolicy, Receiver, Sender, Socket, WebSocket, WsConfig,
+    WsEvents,
+};
 
 pub use bytes::Bytes;
 pub use http::{self, HeaderMap, Method, StatusCode};

@@ -121,7 +121,9 @@ impl<'de> de::SeqAccess<'de> for Seq<'de> {
         seed: T,
     ) -> Result<Option<T::Value>, PathError> {
         match self.iter.next() {
-            Some((name, value)) => seed.deserialize(ValueDeserializer { name, value }).map(Some),
+            Some((name, value)) => seed
+                .deserialize(ValueDeserializer { name, value })
+                .map(Some),
             None => Ok(None),
         }
     }
@@ -138,7 +140,10 @@ impl<'de> PathDeserializer<'de> {
         }
     }
 
-    fn map(&self) -> MapDeserializer<'de, impl Iterator<Item = (&'de str, ValueDeserializer<'de>)>, PathError> {
+    fn map(
+        &self,
+    ) -> MapDeserializer<'de, impl Iterator<Item = (&'de str, ValueDeserializer<'de>)>, PathError>
+    {
         MapDeserializer::new(
             self.params
                 .iter()
@@ -163,10 +168,23 @@ impl<'de> de::Deserializer<'de> for PathDeserializer<'de> {
     }
 
     forward_single!(
-        deserialize_bool, deserialize_i8, deserialize_i16, deserialize_i32, deserialize_i64,
-        deserialize_i128, deserialize_u8, deserialize_u16, deserialize_u32, deserialize_u64,
-        deserialize_u128, deserialize_f32, deserialize_f64, deserialize_char, deserialize_str,
-        deserialize_string, deserialize_option
+        deserialize_bool,
+        deserialize_i8,
+        deserialize_i16,
+        deserialize_i32,
+        deserialize_i64,
+        deserialize_i128,
+        deserialize_u8,
+        deserialize_u16,
+        deserialize_u32,
+        deserialize_u64,
+        deserialize_u128,
+        deserialize_f32,
+        deserialize_f64,
+        deserialize_char,
+        deserialize_str,
+        deserialize_string,
+        deserialize_option
     );
 
     fn deserialize_newtype_struct<V: Visitor<'de>>(
@@ -192,7 +210,11 @@ impl<'de> de::Deserializer<'de> for PathDeserializer<'de> {
         })
     }
 
-    fn deserialize_tuple<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value, PathError> {
+    fn deserialize_tuple<V: Visitor<'de>>(
+        self,
+        len: usize,
+        visitor: V,
+    ) -> Result<V::Value, PathError> {
         if len != self.params.len() {
             return Err(PathError(format!(
                 "expected {len} path parameters, route has {}",
@@ -235,7 +257,9 @@ mod tests {
     use serde::Deserialize;
 
     fn params(p: &[(&str, &str)]) -> Vec<(String, String)> {
-        p.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        p.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     fn de<T: serde::de::DeserializeOwned>(p: &[(&str, &str)]) -> Result<T, PathError> {
@@ -247,7 +271,10 @@ mod tests {
     fn single_tuple_struct() {
         assert_eq!(de::<u32>(&[("id", "42")]).unwrap(), 42);
         assert_eq!(de::<String>(&[("room", "general")]).unwrap(), "general");
-        assert_eq!(de::<(String, u8)>(&[("a", "x"), ("b", "7")]).unwrap(), ("x".into(), 7));
+        assert_eq!(
+            de::<(String, u8)>(&[("a", "x"), ("b", "7")]).unwrap(),
+            ("x".into(), 7)
+        );
         #[derive(Deserialize, Debug, PartialEq)]
         struct P {
             room: String,
@@ -255,14 +282,20 @@ mod tests {
         }
         assert_eq!(
             de::<P>(&[("room", "r"), ("page", "3")]).unwrap(),
-            P { room: "r".into(), page: 3 }
+            P {
+                room: "r".into(),
+                page: 3
+            }
         );
     }
 
     #[test]
     fn errors_name_the_parameter() {
         let e = de::<u32>(&[("id", "abc")]).unwrap_err();
-        assert_eq!(e.0, "invalid path parameter `id`: expected u32, got \"abc\"");
+        assert_eq!(
+            e.0,
+            "invalid path parameter `id`: expected u32, got \"abc\""
+        );
         assert!(de::<u32>(&[("a", "1"), ("b", "2")]).is_err());
         assert!(de::<(u32, u32, u32)>(&[("a", "1"), ("b", "2")]).is_err());
     }

@@ -42,7 +42,11 @@ impl Body {
 
 impl From<Bytes> for Body {
     fn from(b: Bytes) -> Body {
-        Body(Full::new(b).map_err(|e: Infallible| match e {}).boxed_unsync())
+        Body(
+            Full::new(b)
+                .map_err(|e: Infallible| match e {})
+                .boxed_unsync(),
+        )
     }
 }
 

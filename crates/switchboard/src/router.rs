@@ -25,13 +25,20 @@ impl Pattern {
     /// Parses `pattern`; panics with a clear message on a malformed pattern,
     /// since routes are fixed at startup (a programming error, like axum).
     pub(crate) fn parse(pattern: &str) -> Pattern {
-        assert!(pattern.starts_with('/'), "route {pattern:?} must start with '/'");
+        assert!(
+            pattern.starts_with('/'),
+            "route {pattern:?} must start with '/'"
+        );
         let parts: Vec<&str> = pattern[1..].split('/').collect();
         let mut segments = Vec::with_capacity(parts.len());
         for (i, part) in parts.iter().enumerate() {
-            let seg = if let Some(inner) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+            let seg = if let Some(inner) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}'))
+            {
                 if let Some(name) = inner.strip_prefix('*') {
-                    assert!(i == parts.len() - 1, "catch-all must be last in {pattern:?}");
+                    assert!(
+                        i == parts.len() - 1,
+                        "catch-all must be last in {pattern:?}"
+                    );
                     Segment::CatchAll(name.to_owned())
                 } else {
                     Segment::Param(inner.to_owned())
@@ -116,12 +123,15 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// Matched path parameters, in route order.
+pub(crate) type Params = Vec<(String, String)>;
+
 /// Finds the most specific route for `path` among `patterns`.
 pub(crate) fn best_match<'a, T>(
     routes: impl Iterator<Item = (&'a Pattern, T)>,
     path: &str,
-) -> Option<(T, Vec<(String, String)>)> {
-    let mut best: Option<(usize, T, Vec<(String, String)>)> = None;
+) -> Option<(T, Params)> {
+    let mut best: Option<(usize, T, Params)> = None;
     for (pattern, value) in routes {
         if let Some((params, score)) = pattern.matches(path) {
             if best.as_ref().is_none_or(|(s, _, _)| score > *s) {
@@ -144,18 +154,34 @@ mod tests {
     fn literals_params_and_catch_all() {
         assert_eq!(m("/health", "/health"), Some(vec![]));
         assert_eq!(m("/health", "/health/"), None);
-        assert_eq!(m("/ws/{room}", "/ws/general"), Some(vec![("room".into(), "general".into())]));
+        assert_eq!(
+            m("/ws/{room}", "/ws/general"),
+            Some(vec![("room".into(), "general".into())])
+        );
         assert_eq!(m("/ws/{room}", "/ws/"), None);
         assert_eq!(m("/ws/{room}", "/ws/a/b"), None);
-        assert_eq!(m("/files/{*path}", "/files/a/b/c"), Some(vec![("path".into(), "a/b/c".into())]));
-        assert_eq!(m("/files/{*path}", "/files/"), Some(vec![("path".into(), "".into())]));
-        assert_eq!(m("/u/{name}", "/u/j%C3%B6rg"), Some(vec![("name".into(), "jörg".into())]));
+        assert_eq!(
+            m("/files/{*path}", "/files/a/b/c"),
+            Some(vec![("path".into(), "a/b/c".into())])
+        );
+        assert_eq!(
+            m("/files/{*path}", "/files/"),
+            Some(vec![("path".into(), "".into())])
+        );
+        assert_eq!(
+            m("/u/{name}", "/u/j%C3%B6rg"),
+            Some(vec![("name".into(), "jörg".into())])
+        );
         assert_eq!(m("/u/{name}", "/u/bad%zz"), None);
     }
 
     #[test]
     fn most_specific_wins_regardless_of_order() {
-        let pats = [Pattern::parse("/ws/{room}"), Pattern::parse("/{*rest}"), Pattern::parse("/ws/echo")];
+        let pats = [
+            Pattern::parse("/ws/{room}"),
+            Pattern::parse("/{*rest}"),
+            Pattern::parse("/ws/echo"),
+        ];
         let pick = |path| best_match(pats.iter().map(|p| (p, p.as_str())), path).map(|(v, _)| v);
         assert_eq!(pick("/ws/echo"), Some("/ws/echo"));
         assert_eq!(pick("/ws/chat"), Some("/ws/{room}"));

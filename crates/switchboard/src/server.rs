@@ -33,14 +33,19 @@ where
         let shared = Arc::clone(&svc_shared);
         async move { Ok::<_, std::convert::Infallible>(shared.handle(req, remote).await) }
     });
-    let conn = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
+    let conn = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
     let going_away = shared.going_away.clone();
     let force = shared.force_close.clone();
+    // A connection that arrives while draining (the test client, or a race
+    // with the listener closing) still gets its answer: 503 for upgrades.
+    let arrived_draining = shared.is_draining();
     shared.tracker.spawn(async move {
         tokio::pin!(conn);
         let result = tokio::select! {
             r = conn.as_mut() => r,
-            _ = going_away.cancelled() => {
+            _ = going_away.cancelled(), if !arrived_draining => {
                 conn.as_mut().graceful_shutdown();
                 tokio::select! {
                     r = conn.as_mut() => r,
@@ -117,7 +122,10 @@ impl App {
         tracing::info!("shutting down");
         shared.begin_shutdown();
         let deadline = shared.config.shutdown_timeout;
-        if tokio::time::timeout(deadline, shared.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(deadline, shared.tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 remaining = shared.tracker.len(),
                 "shutdown deadline passed; force-closing connections"

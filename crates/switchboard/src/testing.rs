@@ -79,7 +79,10 @@ impl TestClient {
     pub async fn shutdown(&self) {
         self.shared.begin_shutdown();
         let deadline = self.shared.config.shutdown_timeout;
-        if tokio::time::timeout(deadline, self.shared.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(deadline, self.shared.tracker.wait())
+            .await
+            .is_err()
+        {
             self.shared.force_close.cancel();
         }
         self.shared.run_shutdown().await;
@@ -158,8 +161,10 @@ impl TestRequest<'_> {
     /// Sets a JSON body and `Content-Type: application/json`.
     pub fn json<T: Serialize + ?Sized>(mut self, value: &T) -> Self {
         self.body = serde_json::to_vec(value).unwrap_or_default().into();
-        self.headers
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        self.headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         self
     }
 
@@ -271,7 +276,9 @@ impl<'a> TestWsConnect<'a> {
     /// Performs the handshake.
     pub async fn connect(self) -> Result<Socket, ConnectError> {
         let (io, remote) = self.client.connect_pipe();
-        self.options.handshake(io, "testserver", &self.path, remote).await
+        self.options
+            .handshake(io, "testserver", &self.path, remote)
+            .await
     }
 }
 

@@ -5,6 +5,9 @@ use std::{fmt, sync::Arc, time::Duration};
 
 use switchboard_proto::Limits;
 
+/// A custom origin check: receives the `Origin` value (`None` when absent).
+pub type OriginCheck = Arc<dyn Fn(Option<&str>) -> bool + Send + Sync>;
+
 /// Which `Origin` headers a WebSocket route accepts.
 ///
 /// The default is [`OriginPolicy::Any`], like most frameworks, because
@@ -21,7 +24,7 @@ pub enum OriginPolicy {
     /// (exact, case-insensitive match such as `https://example.com`).
     AllowList(Vec<String>),
     /// Decide with a function of the `Origin` value (`None` when absent).
-    Custom(Arc<dyn Fn(Option<&str>) -> bool + Send + Sync>),
+    Custom(OriginCheck),
 }
 
 impl fmt::Debug for OriginPolicy {

@@ -33,7 +33,10 @@ use crate::{
 pub trait WsEvents: Send + Sync + 'static {
     /// Decides whether to accept (default: accept with the route's
     /// subprotocol choice). Return `None` after rejecting.
-    fn on_upgrade(&self, ws: WebSocket) -> impl Future<Output = Result<Option<Socket>, Error>> + Send {
+    fn on_upgrade(
+        &self,
+        ws: WebSocket,
+    ) -> impl Future<Output = Result<Option<Socket>, Error>> + Send {
         async move { ws.accept().await.map(Some) }
     }
 
@@ -43,11 +46,19 @@ pub trait WsEvents: Send + Sync + 'static {
     }
 
     /// Called for every text or binary message.
-    fn on_message(&self, ws: &mut Socket, msg: Message) -> impl Future<Output = Result<(), Error>> + Send;
+    fn on_message(
+        &self,
+        ws: &mut Socket,
+        msg: Message,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// Called once when the connection ends: `close` is the peer's close
     /// frame (code 1005 if it had none, 1006 if the connection dropped).
-    fn on_disconnect(&self, _ws: &mut Socket, _close: CloseFrame) -> impl Future<Output = ()> + Send {
+    fn on_disconnect(
+        &self,
+        _ws: &mut Socket,
+        _close: CloseFrame,
+    ) -> impl Future<Output = ()> + Send {
         async {}
     }
 }
@@ -68,7 +79,8 @@ pub(crate) async fn run<E: WsEvents>(events: &E, ws: WebSocket) -> Result<(), Er
     let close = match (&result, socket.close_frame()) {
         (_, Some(frame)) => frame.clone(),
         (Err(e), None) => CloseFrame::new(
-            e.close_code().unwrap_or(switchboard_proto::CloseCode::INTERNAL_ERROR),
+            e.close_code()
+                .unwrap_or(switchboard_proto::CloseCode::INTERNAL_ERROR),
             e.to_string(),
         ),
         (Ok(()), None) => CloseFrame::new(switchboard_proto::CloseCode::NORMAL, ""),

@@ -7,7 +7,7 @@ pub(crate) mod socket;
 pub(crate) mod upgrade;
 pub(crate) mod writer;
 
-pub use config::{OriginPolicy, WsConfig};
+pub use config::{OriginCheck, OriginPolicy, WsConfig};
 pub use events::WsEvents;
 pub use message::Message;
 pub use socket::{Receiver, Sender, Socket};

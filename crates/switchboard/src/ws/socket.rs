@@ -45,7 +45,11 @@ pub(crate) struct ReadState {
 }
 
 impl ReadState {
-    pub(crate) fn new(io: Box<dyn AsyncRead + Send + Unpin>, decoder: Decoder, initial: Bytes) -> Self {
+    pub(crate) fn new(
+        io: Box<dyn AsyncRead + Send + Unpin>,
+        decoder: Decoder,
+        initial: Bytes,
+    ) -> Self {
         let mut buf = BytesMut::with_capacity(READ_CHUNK.max(initial.len()));
         buf.extend_from_slice(&initial);
         ReadState {
@@ -93,7 +97,12 @@ async fn drain_raw(mut state: Box<ReadState>, timeout: Duration) {
         loop {
             state.buf.clear();
             let ReadState { io, buf, .. } = &mut *state;
-            match io.get_mut().unwrap_or_else(|p| p.into_inner()).read_buf(buf).await {
+            match io
+                .get_mut()
+                .unwrap_or_else(|p| p.into_inner())
+                .read_buf(buf)
+                .await
+            {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
             }
@@ -139,7 +148,9 @@ impl Sender {
     /// Serializes `value` as JSON and sends it as a text message.
     pub async fn send_json<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), Error> {
         let json = serde_json::to_vec(value)?;
-        self.shared.send(self.frame(OpCode::Text, json.into())).await
+        self.shared
+            .send(self.frame(OpCode::Text, json.into()))
+            .await
     }
 
     /// Sends a message (`Message::Close` sends a close frame).
@@ -196,7 +207,9 @@ pub struct Receiver {
 
 impl std::fmt::Debug for Receiver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Receiver").field("ended", &self.ended).finish_non_exhaustive()
+        f.debug_struct("Receiver")
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
     }
 }
 
@@ -222,7 +235,10 @@ impl Receiver {
     pub async fn recv(&mut self) -> Result<Message, Error> {
         loop {
             let Some(state) = self.state.as_mut() else {
-                let ended = self.ended.clone().unwrap_or_else(|| CloseFrame::new(CloseCode::ABNORMAL, ""));
+                let ended = self
+                    .ended
+                    .clone()
+                    .unwrap_or_else(|| CloseFrame::new(CloseCode::ABNORMAL, ""));
                 return Err(Error::disconnect(ended));
             };
             let event = match state.next_event().await {
@@ -234,7 +250,8 @@ impl Receiver {
                         // reading (and discarding) until the peer closes, so
                         // unread bytes do not turn our FIN into a RST that
                         // could destroy the close frame in flight.
-                        self.shared.send_close(Some(&CloseFrame::new(code, e.to_string())));
+                        self.shared
+                            .send_close(Some(&CloseFrame::new(code, e.to_string())));
                     }
                     self.ended = Some(CloseFrame::new(code, e.to_string()));
                     if let Some(state) = self.state.take() {
@@ -246,7 +263,10 @@ impl Receiver {
             };
             match event {
                 None => {
-                    let frame = CloseFrame::new(CloseCode::ABNORMAL, "connection closed without a close frame");
+                    let frame = CloseFrame::new(
+                        CloseCode::ABNORMAL,
+                        "connection closed without a close frame",
+                    );
                     self.end(frame.clone());
                     return Err(Error::disconnect(frame));
                 }
@@ -261,7 +281,9 @@ impl Receiver {
                 Some(Event::Ping(payload)) => {
                     let pong = match self.shared.role {
                         Role::Server => Frame::new(OpCode::Pong, true, false, payload),
-                        Role::Client => Frame::masked(OpCode::Pong, true, false, &payload, rand::random()),
+                        Role::Client => {
+                            Frame::masked(OpCode::Pong, true, false, &payload, rand::random())
+                        }
                     };
                     self.shared.send_control(pong);
                 }
@@ -343,23 +365,26 @@ impl Receiver {
             }
         };
         if tokio::time::timeout(timeout, drain).await.is_err() {
-            self.end(CloseFrame::new(CloseCode::ABNORMAL, "close handshake timed out"));
+            self.end(CloseFrame::new(
+                CloseCode::ABNORMAL,
+                "close handshake timed out",
+            ));
         }
     }
 
     /// A stream of data messages that ends when the peer closes. A fatal
     /// error is yielded once and ends the stream.
-    pub fn messages(&mut self) -> impl Stream<Item = Result<Message, Error>> + Send + '_ {
+    pub fn messages(&mut self) -> impl Stream<Item = Result<Message, Error>> + Send + Unpin + '_ {
         stream_of(self, |r| Box::pin(r.recv_message()))
     }
 
     /// A stream of text messages (see [`Receiver::recv_text`]).
-    pub fn text_stream(&mut self) -> impl Stream<Item = Result<String, Error>> + Send + '_ {
+    pub fn text_stream(&mut self) -> impl Stream<Item = Result<String, Error>> + Send + Unpin + '_ {
         stream_of(self, |r| Box::pin(r.recv_text()))
     }
 
     /// A stream of binary messages (see [`Receiver::recv_bytes`]).
-    pub fn bytes_stream(&mut self) -> impl Stream<Item = Result<Bytes, Error>> + Send + '_ {
+    pub fn bytes_stream(&mut self) -> impl Stream<Item = Result<Bytes, Error>> + Send + Unpin + '_ {
         stream_of(self, |r| Box::pin(r.recv_bytes()))
     }
 
@@ -367,7 +392,7 @@ impl Receiver {
     /// A message that fails to parse yields an error and the stream goes on.
     pub fn json_stream<T: DeserializeOwned + Send + 'static>(
         &mut self,
-    ) -> impl Stream<Item = Result<T, Error>> + Send + '_ {
+    ) -> impl Stream<Item = Result<T, Error>> + Send + Unpin + '_ {
         stream_of(self, |r| Box::pin(r.recv_json::<T>()))
     }
 }
@@ -378,16 +403,20 @@ type RecvFuture<'a, T> =
 fn stream_of<'a, T: Send + 'a>(
     rx: &'a mut Receiver,
     next: for<'b> fn(&'b mut Receiver) -> RecvFuture<'b, T>,
-) -> impl Stream<Item = Result<T, Error>> + Send + 'a {
-    futures_util::stream::unfold(Some(rx), move |rx| async move {
-        let rx = rx?;
-        match next(rx).await {
-            Ok(Some(v)) => Some((Ok(v), Some(rx))),
-            Ok(None) => None,
-            Err(e) if e.is_recoverable() => Some((Err(e), Some(rx))),
-            Err(e) => Some((Err(e), None)),
-        }
-    })
+) -> impl Stream<Item = Result<T, Error>> + Send + Unpin + 'a {
+    // Boxed so callers can use `.next()` without pinning.
+    Box::pin(futures_util::stream::unfold(
+        Some(rx),
+        move |rx| async move {
+            let rx = rx?;
+            match next(rx).await {
+                Ok(Some(v)) => Some((Ok(v), Some(rx))),
+                Ok(None) => None,
+                Err(e) if e.is_recoverable() => Some((Err(e), Some(rx))),
+                Err(e) => Some((Err(e), None)),
+            }
+        },
+    ))
 }
 
 impl Drop for Receiver {
@@ -405,7 +434,11 @@ impl Drop for Receiver {
                 drop(slot);
                 if let Ok(rt) = tokio::runtime::Handle::try_current() {
                     let shared = Arc::clone(&self.shared);
-                    rt.spawn(linger(state, shared, CloseFrame::new(CloseCode::NORMAL, "")));
+                    rt.spawn(linger(
+                        state,
+                        shared,
+                        CloseFrame::new(CloseCode::NORMAL, ""),
+                    ));
                 }
             }
         }
@@ -512,24 +545,24 @@ impl Socket {
     }
 
     /// See [`Receiver::messages`].
-    pub fn messages(&mut self) -> impl Stream<Item = Result<Message, Error>> + Send + '_ {
+    pub fn messages(&mut self) -> impl Stream<Item = Result<Message, Error>> + Send + Unpin + '_ {
         self.receiver.messages()
     }
 
     /// See [`Receiver::text_stream`].
-    pub fn text_stream(&mut self) -> impl Stream<Item = Result<String, Error>> + Send + '_ {
+    pub fn text_stream(&mut self) -> impl Stream<Item = Result<String, Error>> + Send + Unpin + '_ {
         self.receiver.text_stream()
     }
 
     /// See [`Receiver::bytes_stream`].
-    pub fn bytes_stream(&mut self) -> impl Stream<Item = Result<Bytes, Error>> + Send + '_ {
+    pub fn bytes_stream(&mut self) -> impl Stream<Item = Result<Bytes, Error>> + Send + Unpin + '_ {
         self.receiver.bytes_stream()
     }
 
     /// See [`Receiver::json_stream`].
     pub fn json_stream<T: DeserializeOwned + Send + 'static>(
         &mut self,
-    ) -> impl Stream<Item = Result<T, Error>> + Send + '_ {
+    ) -> impl Stream<Item = Result<T, Error>> + Send + Unpin + '_ {
         self.receiver.json_stream()
     }
 
@@ -610,5 +643,8 @@ impl Socket {
 }
 
 pub(crate) fn lookup<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    pairs
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }

@@ -27,7 +27,7 @@ use tokio::{
 use crate::{
     app::AppShared,
     error::Error,
-    extract::RequestContext,
+    extract::{Rejection, RequestContext},
     handler::PreparedWs,
     response::{error_response, Body, IntoResponse, Response},
     ws::{
@@ -139,7 +139,11 @@ impl WebSocket {
             self.app.force_close.child_token(),
         );
         let _ = self.accepted.set(Arc::clone(&shared));
-        let reader = ReadState::new(read, Decoder::new(Role::Server, self.config.limits), leftover);
+        let reader = ReadState::new(
+            read,
+            Decoder::new(Role::Server, self.config.limits),
+            leftover,
+        );
         self.info.protocol = protocol;
         Ok(Socket::new(
             Sender {
@@ -250,24 +254,34 @@ fn split_io(
 pub(crate) async fn serve(
     mut cx: RequestContext,
     config: Arc<WsConfig>,
-    prepare: impl FnOnce(&mut RequestContext) -> Result<PreparedWs, Response>,
+    prepare: impl FnOnce(&mut RequestContext) -> Result<PreparedWs, Rejection>,
 ) -> Response {
     let app = Arc::clone(&cx.shared);
     if app.is_draining() {
         return error_response(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down");
     }
-    let request = match switchboard_proto::validate_request(&cx.parts.method, cx.parts.version, &cx.parts.headers) {
+    let request = match switchboard_proto::validate_request(
+        &cx.parts.method,
+        cx.parts.version,
+        &cx.parts.headers,
+    ) {
         Ok(r) => r,
         Err(e) => {
             let mut res = error_response(e.status, e.message);
             if e.status == StatusCode::UPGRADE_REQUIRED {
-                res.headers_mut()
-                    .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+                res.headers_mut().insert(
+                    header::SEC_WEBSOCKET_VERSION,
+                    HeaderValue::from_static("13"),
+                );
             }
             return res;
         }
     };
-    let origin = cx.parts.headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let origin = cx
+        .parts
+        .headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok());
     if !config.origin.allows(origin) {
         return error_response(StatusCode::FORBIDDEN, "origin not allowed");
     }
@@ -285,7 +299,7 @@ pub(crate) async fn serve(
     }
     let handler = match prepare(&mut cx) {
         Ok(h) => h,
-        Err(res) => return res,
+        Err(rejection) => return rejection.into_response(),
     };
     let query = cx
         .parts
@@ -321,15 +335,24 @@ pub(crate) async fn serve(
             _ = force.cancelled() => return,
         };
         let (status, close) = match outcome {
-            Ok(Ok(())) => (StatusCode::FORBIDDEN, CloseFrame::new(CloseCode::NORMAL, "")),
+            Ok(Ok(())) => (
+                StatusCode::FORBIDDEN,
+                CloseFrame::new(CloseCode::NORMAL, ""),
+            ),
             Ok(Err(e)) => {
                 tracing::error!(path = %path, error = %e, "websocket handler failed");
-                (StatusCode::INTERNAL_SERVER_ERROR, CloseFrame::new(CloseCode::INTERNAL_ERROR, "internal error"))
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    CloseFrame::new(CloseCode::INTERNAL_ERROR, "internal error"),
+                )
             }
             Err(panic) => {
                 let msg = panic_message(&panic);
                 tracing::error!(path = %path, panic = %msg, "websocket handler panicked");
-                (StatusCode::INTERNAL_SERVER_ERROR, CloseFrame::new(CloseCode::INTERNAL_ERROR, "internal error"))
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    CloseFrame::new(CloseCode::INTERNAL_ERROR, "internal error"),
+                )
             }
         };
         // Never accepted: answer the handshake with an HTTP error.
@@ -360,7 +383,10 @@ pub(crate) async fn serve(
     });
     match rx.await {
         Ok(res) => res,
-        Err(_) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "websocket handler ended without answering"),
+        Err(_) => error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "websocket handler ended without answering",
+        ),
     }
 }
 
