@@ -16,9 +16,11 @@ use hyper::body::Incoming;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
+    connlimit::ConnLimiter,
     extract::{Rejection, RequestContext},
+    middleware::{Middleware, Reject},
     handler::{BoxFuture, Handler, PreparedWs, WsHandler},
-    response::{error_response, Response},
+    response::{error_response, IntoResponse, Response},
     router::{best_match, Pattern},
     ws::{self, WebSocket, WsConfig, WsEvents},
 };
@@ -51,6 +53,10 @@ pub(crate) struct ServerConfig {
     pub(crate) max_headers: usize,
     /// Largest request head in bytes (431 above).
     pub(crate) max_header_bytes: usize,
+    /// Most open WebSockets (503 above); `None`: unlimited.
+    pub(crate) max_connections: Option<usize>,
+    /// Most open WebSockets per client IP (429 above); `None`: unlimited.
+    pub(crate) max_connections_per_ip: Option<usize>,
 }
 
 impl Default for ServerConfig {
@@ -66,6 +72,8 @@ impl Default for ServerConfig {
             max_headers: 100,
             // nginx's large_client_header_buffers default is 4 x 8 KiB.
             max_header_bytes: 64 * 1024,
+            max_connections: None,
+            max_connections_per_ip: None,
         }
     }
 }
@@ -86,6 +94,10 @@ pub(crate) struct AppShared {
     pub(crate) tracker: TaskTracker,
     startup: Vec<Hook>,
     shutdown: Vec<Hook>,
+    /// Middleware for every route, then for WebSocket routes only.
+    pub(crate) middleware: Vec<Arc<dyn Middleware>>,
+    pub(crate) ws_middleware: Vec<Arc<dyn Middleware>>,
+    pub(crate) connections: Arc<ConnLimiter>,
 }
 
 impl std::fmt::Debug for AppShared {
@@ -170,6 +182,16 @@ impl AppShared {
                 ws::upgrade::serve(cx, Arc::clone(&ws_route.config), move |cx| handler(cx)).await
             }
             (_, Some(h)) => {
+                let mut cx = cx;
+                for m in &self.middleware {
+                    match m.before(&mut cx) {
+                        Ok(()) => {}
+                        Err(Reject::Http(r)) => return r.into_response(),
+                        Err(Reject::Close(c)) => {
+                            return error_response(StatusCode::FORBIDDEN, &c.reason)
+                        }
+                    }
+                }
                 match std::panic::AssertUnwindSafe(h(cx, body))
                     .catch_unwind()
                     .await
@@ -228,6 +250,8 @@ pub struct App {
     ws_config: WsConfig,
     startup: Vec<Hook>,
     shutdown: Vec<Hook>,
+    middleware: Vec<Arc<dyn Middleware>>,
+    ws_middleware: Vec<Arc<dyn Middleware>>,
 }
 
 impl std::fmt::Debug for App {
@@ -263,6 +287,8 @@ impl App {
             ws_config: WsConfig::default(),
             startup: Vec::new(),
             shutdown: Vec::new(),
+            middleware: Vec::new(),
+            ws_middleware: Vec::new(),
         }
     }
 
@@ -437,18 +463,51 @@ impl App {
         self
     }
 
+    /// Most open WebSockets; more are refused with 503 (default: no limit).
+    pub fn max_connections(mut self, n: usize) -> App {
+        self.config.max_connections = Some(n);
+        self
+    }
+
+    /// Most open WebSockets per client IP; more are refused with 429
+    /// (default: no limit).
+    pub fn max_connections_per_ip(mut self, n: usize) -> App {
+        self.config.max_connections_per_ip = Some(n);
+        self
+    }
+
+    /// Adds middleware that runs before every handler (HTTP and
+    /// WebSocket), in the order added.
+    pub fn middleware(mut self, m: impl Middleware) -> App {
+        self.middleware.push(Arc::new(m));
+        self
+    }
+
+    /// Adds middleware for WebSocket routes only (the seeds'
+    /// `add_ws_middleware`), run after [`App::middleware`].
+    pub fn ws_middleware(mut self, m: impl Middleware) -> App {
+        self.ws_middleware.push(Arc::new(m));
+        self
+    }
+
     pub(crate) fn into_shared(self) -> Arc<AppShared> {
         Arc::new(AppShared {
             routes: self.routes,
             fallback: self.fallback,
             state: self.state,
-            config: self.config,
             draining: AtomicBool::new(false),
             going_away: CancellationToken::new(),
             force_close: CancellationToken::new(),
             tracker: TaskTracker::new(),
             startup: self.startup,
             shutdown: self.shutdown,
+            middleware: self.middleware,
+            ws_middleware: self.ws_middleware,
+            connections: Arc::new(ConnLimiter::new(
+                self.config.max_connections,
+                self.config.max_connections_per_ip,
+            )),
+            config: self.config,
         })
     }
 }

@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 use crate::ws::{
-    socket::{ConnInfo, ReadState, Receiver, Sender, Socket},
+    socket::{ConnInfo, ReadState, Receiver, RecvPolicy, Sender, Socket},
     writer::spawn_writer,
 };
 
@@ -182,13 +182,11 @@ impl WsClient {
         let headers = res.headers().clone();
         let upgraded = hyper::upgrade::on(res).await.map_err(io_err)?;
         let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+        // Clients answer pings but do not send their own heartbeat.
+        let config = crate::ws::WsConfig::default().ping_interval(None);
         let shared = spawn_writer(
             Box::new(write),
-            Role::Client,
-            1 << 20,
-            std::time::Duration::from_secs(5),
-            CancellationToken::new(),
-            CancellationToken::new(),
+            config.writer_options(Role::Client, CancellationToken::new(), CancellationToken::new()),
         );
         let decoder = Decoder::new(Role::Client, self.limits.unwrap_or(Limits::DEFAULT));
         let reader = ReadState::new(Box::new(read), decoder, Bytes::new());
@@ -209,7 +207,7 @@ impl WsClient {
             Sender {
                 shared: Arc::clone(&shared),
             },
-            Receiver::new(reader, shared),
+            Receiver::new(reader, shared, RecvPolicy::unlimited()),
             Arc::new(info),
         ))
     }

@@ -35,6 +35,8 @@ pub(crate) enum Kind {
     Handshake(String),
     /// The outgoing queue is over its byte limit.
     Capacity { queued: usize, limit: usize },
+    /// A message was dropped by the rate limit (socket still usable).
+    RateLimited,
     /// An error returned by application code.
     App(BoxError),
 }
@@ -149,6 +151,7 @@ impl fmt::Display for Error {
                 f,
                 "outgoing queue full ({queued} bytes queued, limit {limit})"
             ),
+            Kind::RateLimited => f.write_str("message dropped: rate limit exceeded"),
             Kind::App(e) => e.fmt(f),
         }
     }

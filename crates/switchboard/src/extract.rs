@@ -44,6 +44,53 @@ impl RequestContext {
     pub fn remote_addr(&self) -> SocketAddr {
         self.remote
     }
+
+    /// The request headers.
+    pub fn headers(&self) -> &http::HeaderMap {
+        &self.parts.headers
+    }
+
+    /// The request head, mutable (middleware may rewrite headers).
+    pub fn parts_mut(&mut self) -> &mut Parts {
+        &mut self.parts
+    }
+
+    /// A query parameter by name (first occurrence, percent-decoded).
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        let q = self.parts.uri.query()?;
+        serde_urlencoded::from_str::<Vec<(String, String)>>(q)
+            .ok()?
+            .into_iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
+    }
+
+    /// Request extensions: middleware puts what it learned here; handlers
+    /// read it with [`Extension<T>`] (and sockets see it in
+    /// `Socket::extensions`).
+    pub fn extensions(&self) -> &http::Extensions {
+        &self.parts.extensions
+    }
+
+    /// Mutable request extensions.
+    pub fn extensions_mut(&mut self) -> &mut http::Extensions {
+        &mut self.parts.extensions
+    }
+}
+
+/// A value a middleware inserted into the request extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extension<T>(pub T);
+
+impl<T: Clone + Send + Sync + 'static> FromRequestParts for Extension<T> {
+    fn from_request_parts(cx: &mut RequestContext) -> Result<Self, Rejection> {
+        cx.parts.extensions.get::<T>().cloned().map(Extension).ok_or_else(|| {
+            Rejection::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("no {} in request extensions", std::any::type_name::<T>()),
+            )
+        })
+    }
 }
 
 /// A failed extraction: the HTTP status and a message for the body.

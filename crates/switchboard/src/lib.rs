@@ -40,11 +40,16 @@
 //! None yet: everything above is in the default build.
 
 mod app;
+pub mod auth;
 mod client;
+mod connlimit;
 mod error;
 mod extract;
 mod handler;
+mod middleware;
+pub mod hub;
 mod path_de;
+mod ratelimit;
 mod response;
 mod router;
 mod server;
@@ -55,9 +60,11 @@ pub use app::App;
 pub use client::{ConnectError, WsClient};
 pub use error::Error;
 pub use extract::{
-    ClientAddr, FromRequest, FromRequestParts, Path, Query, Rejection, RequestContext, State,
+    ClientAddr, Extension, FromRequest, FromRequestParts, Path, Query, Rejection, RequestContext, State,
 };
 pub use handler::{Handler, WsHandler, WsResult};
+pub use middleware::{Middleware, Reject};
+pub use ratelimit::{RateLimit, RateLimitPolicy};
 pub use response::{error_response, Body, BoxError, Html, IntoResponse, Json, Response};
 pub use server::shutdown_signal;
 pub use switchboard_proto as proto;

@@ -5,6 +5,8 @@ use std::{fmt, sync::Arc, time::Duration};
 
 use switchboard_proto::Limits;
 
+use crate::{middleware::Middleware, ratelimit::RateLimit};
+
 /// A custom origin check: receives the `Origin` value (`None` when absent).
 pub type OriginCheck = Arc<dyn Fn(Option<&str>) -> bool + Send + Sync>;
 
@@ -60,7 +62,7 @@ impl OriginPolicy {
 ///     .max_message_size(64 * 1024)
 ///     .close_timeout(Duration::from_secs(2));
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[must_use]
 pub struct WsConfig {
     pub(crate) protocols: Vec<String>,
@@ -68,6 +70,28 @@ pub struct WsConfig {
     pub(crate) limits: Limits,
     pub(crate) max_queue_bytes: usize,
     pub(crate) close_timeout: Duration,
+    pub(crate) write_timeout: Duration,
+    pub(crate) ping_interval: Option<Duration>,
+    pub(crate) pong_timeout: Duration,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) rate_limit: Option<RateLimit>,
+    pub(crate) max_control_per_sec: u32,
+    pub(crate) middleware: Vec<Arc<dyn Middleware>>,
+}
+
+impl fmt::Debug for WsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WsConfig")
+            .field("protocols", &self.protocols)
+            .field("origin", &self.origin)
+            .field("limits", &self.limits)
+            .field("max_queue_bytes", &self.max_queue_bytes)
+            .field("ping_interval", &self.ping_interval)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("rate_limit", &self.rate_limit)
+            .field("middleware", &self.middleware.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for WsConfig {
@@ -83,6 +107,18 @@ impl Default for WsConfig {
             // (tungstenite and ws wait indefinitely or 30 s; 5 s frees
             // resources sooner while covering slow mobile links).
             close_timeout: Duration::from_secs(5),
+            // A write stuck this long means the peer stopped reading.
+            write_timeout: Duration::from_secs(10),
+            // Under the 60 s idle cut of common proxies (nginx
+            // proxy_read_timeout, AWS ALB), like socket.io's 25 s.
+            ping_interval: Some(Duration::from_secs(25)),
+            pong_timeout: Duration::from_secs(20),
+            idle_timeout: None,
+            rate_limit: None,
+            // Far above any legitimate keep-alive, low enough that a ping
+            // flood cannot make us spend our time writing pongs.
+            max_control_per_sec: 100,
+            middleware: Vec::new(),
         }
     }
 }
@@ -151,5 +187,73 @@ impl WsConfig {
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
         self.close_timeout = timeout;
         self
+    }
+
+    /// How long a write may make no progress before the connection is
+    /// closed (default 10 s).
+    pub fn write_timeout(mut self, timeout: Duration) -> Self {
+        self.write_timeout = timeout;
+        self
+    }
+
+    /// Server pings after this much silence from the peer (default 25 s;
+    /// `None` disables the heartbeat). A peer silent for
+    /// `ping_interval + pong_timeout` is closed with 1001 "pong timeout".
+    /// The peer's pongs are read by the handler's receive calls, so a
+    /// handler must keep receiving for the heartbeat to see them.
+    pub fn ping_interval(mut self, interval: Option<Duration>) -> Self {
+        self.ping_interval = interval;
+        self
+    }
+
+    /// How long after a ping the pong may take (default 20 s).
+    pub fn pong_timeout(mut self, timeout: Duration) -> Self {
+        self.pong_timeout = timeout;
+        self
+    }
+
+    /// Closes with 1001 "idle timeout" when no data message arrives for
+    /// this long (default: none).
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Limits incoming data messages per connection (default: none).
+    pub fn rate_limit(mut self, limit: RateLimit) -> Self {
+        self.rate_limit = Some(limit);
+        self
+    }
+
+    /// Most pings/pongs a peer may send per second before the connection
+    /// closes with 1008 "control frame flood" (default 100).
+    pub fn max_control_frames_per_sec(mut self, n: u32) -> Self {
+        self.max_control_per_sec = n;
+        self
+    }
+
+    /// Adds middleware for this route (after the app's).
+    pub fn middleware(mut self, m: impl Middleware) -> Self {
+        self.middleware.push(Arc::new(m));
+        self
+    }
+
+    pub(crate) fn writer_options(
+        &self,
+        role: switchboard_proto::Role,
+        going_away: tokio_util::sync::CancellationToken,
+        force: tokio_util::sync::CancellationToken,
+    ) -> crate::ws::writer::WriterOptions {
+        crate::ws::writer::WriterOptions {
+            role,
+            max_queue_bytes: self.max_queue_bytes,
+            close_timeout: self.close_timeout,
+            write_timeout: self.write_timeout,
+            ping_interval: self.ping_interval,
+            pong_timeout: self.pong_timeout,
+            idle_timeout: self.idle_timeout,
+            going_away,
+            force,
+        }
     }
 }

@@ -12,7 +12,11 @@
 //! the close. After the close, further calls fail with a disconnect error
 //! carrying the close code and reason.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use bytes::{Bytes, BytesMut};
 use futures_core::Stream;
@@ -23,6 +27,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::{
     error::{Error, Kind},
+    ratelimit::{RateLimit, RateLimitPolicy, TokenBucket, WindowCounter},
     ws::{
         message::Message,
         writer::{Shared, Slot},
@@ -197,12 +202,34 @@ impl Sender {
     }
 }
 
+/// Per-connection receive policies (from the route's `WsConfig`).
+#[derive(Debug)]
+pub(crate) struct RecvPolicy {
+    rate: Option<(TokenBucket, RateLimitPolicy)>,
+    control: WindowCounter,
+}
+
+impl RecvPolicy {
+    pub(crate) fn new(rate: Option<RateLimit>, max_control_per_sec: u32) -> Self {
+        let now = Instant::now();
+        RecvPolicy {
+            rate: rate.map(|r| (TokenBucket::new(r.per_second, r.burst, now), r.policy)),
+            control: WindowCounter::new(max_control_per_sec, now),
+        }
+    }
+
+    pub(crate) fn unlimited() -> Self {
+        RecvPolicy::new(None, u32::MAX)
+    }
+}
+
 /// The receiving half of a socket.
 pub struct Receiver {
     state: Option<Box<ReadState>>,
     shared: Arc<Shared>,
     /// Set once the connection is over: what later calls report.
     ended: Option<CloseFrame>,
+    policy: RecvPolicy,
 }
 
 impl std::fmt::Debug for Receiver {
@@ -214,12 +241,24 @@ impl std::fmt::Debug for Receiver {
 }
 
 impl Receiver {
-    pub(crate) fn new(state: ReadState, shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(state: ReadState, shared: Arc<Shared>, policy: RecvPolicy) -> Self {
         Receiver {
             state: Some(Box::new(state)),
             shared,
             ended: None,
+            policy,
         }
+    }
+
+    /// Fails the connection for a policy breach: close frame, then cut.
+    fn breach(&mut self, reason: &str) -> Error {
+        let frame = CloseFrame::new(CloseCode::POLICY_VIOLATION, reason);
+        self.shared.terminate(frame.clone());
+        self.ended = Some(frame.clone());
+        if let Some(state) = self.state.take() {
+            tokio::spawn(drain_raw(state, self.shared.close_timeout));
+        }
+        Error::disconnect(frame)
     }
 
     fn end(&mut self, frame: CloseFrame) {
@@ -241,7 +280,22 @@ impl Receiver {
                     .unwrap_or_else(|| CloseFrame::new(CloseCode::ABNORMAL, ""));
                 return Err(Error::disconnect(ended));
             };
-            let event = match state.next_event().await {
+            let killed = self.shared.killed.clone();
+            let event = tokio::select! {
+                biased;
+                _ = killed.cancelled() => None,
+                ev = state.next_event() => Some(ev),
+            };
+            let Some(event) = event else {
+                let frame = self
+                    .shared
+                    .killed_by()
+                    .unwrap_or_else(|| CloseFrame::new(CloseCode::ABNORMAL, "connection closed"));
+                self.ended = Some(frame.clone());
+                self.state = None;
+                return Err(Error::disconnect(frame));
+            };
+            let event = match event {
                 Ok(ev) => ev,
                 Err(e) => {
                     let code = e.close_code().unwrap_or(CloseCode::ABNORMAL);
@@ -270,6 +324,17 @@ impl Receiver {
                     self.end(frame.clone());
                     return Err(Error::disconnect(frame));
                 }
+                Some(Event::Text(_) | Event::Binary(_)) if !self.admit() => {
+                    if self.state.is_none() {
+                        return Err(self.breach_error());
+                    }
+                    return Err(Error::new(Kind::RateLimited));
+                }
+                Some(Event::Ping(_) | Event::Pong(_))
+                    if !self.policy.control.hit(Instant::now()) =>
+                {
+                    return Err(self.breach("control frame flood"));
+                }
                 Some(Event::Text(bytes)) => {
                     // The decoder validated UTF-8; this re-check is a cheap
                     // SIMD pass that keeps the crate free of `unsafe`.
@@ -279,6 +344,7 @@ impl Receiver {
                 }
                 Some(Event::Binary(bytes)) => return Ok(Message::Binary(bytes)),
                 Some(Event::Ping(payload)) => {
+                    self.shared.saw_peer(false);
                     let pong = match self.shared.role {
                         Role::Server => Frame::new(OpCode::Pong, true, false, payload),
                         Role::Client => {
@@ -287,7 +353,7 @@ impl Receiver {
                     };
                     self.shared.send_control(pong);
                 }
-                Some(Event::Pong(_)) => {}
+                Some(Event::Pong(_)) => self.shared.saw_peer(false),
                 Some(Event::Close(frame)) => {
                     // Echo the peer's code if we have not closed yet.
                     self.shared.send_close(frame.as_ref());
@@ -299,6 +365,30 @@ impl Receiver {
                 }
             }
         }
+    }
+
+    /// Applies the rate limit to one data message; false when it is over
+    /// (and, under the close policy, the connection is being failed).
+    fn admit(&mut self) -> bool {
+        self.shared.saw_peer(true);
+        let Some((bucket, policy)) = self.policy.rate.as_mut() else {
+            return true;
+        };
+        if bucket.try_take(Instant::now()) {
+            return true;
+        }
+        if *policy == RateLimitPolicy::Close {
+            let _ = self.breach("rate limit exceeded");
+        }
+        false
+    }
+
+    fn breach_error(&self) -> Error {
+        Error::disconnect(
+            self.ended
+                .clone()
+                .unwrap_or_else(|| CloseFrame::new(CloseCode::POLICY_VIOLATION, "")),
+        )
     }
 
     /// Receives the next data message; `Ok(None)` when the peer closed.

@@ -26,13 +26,14 @@ use tokio::{
 
 use crate::{
     app::AppShared,
+    middleware::Reject,
     error::Error,
     extract::{Rejection, RequestContext},
     handler::PreparedWs,
     response::{error_response, Body, IntoResponse, Response},
     ws::{
         config::WsConfig,
-        socket::{linger, lookup, ConnInfo, ReadState, Receiver, Sender, Socket},
+        socket::{linger, lookup, ConnInfo, ReadState, Receiver, RecvPolicy, Sender, Socket},
         writer::{spawn_writer, Slot},
     },
 };
@@ -52,6 +53,7 @@ pub struct WebSocket {
     respond: ResponseSlot,
     on_upgrade: Option<OnUpgrade>,
     app: Arc<AppShared>,
+    extensions: http::Extensions,
     accepted: Arc<std::sync::OnceLock<Arc<super::writer::Shared>>>,
 }
 
@@ -132,11 +134,11 @@ impl WebSocket {
         let (read, write, leftover) = split_io(upgraded);
         let shared = spawn_writer(
             write,
-            Role::Server,
-            self.config.max_queue_bytes,
-            self.config.close_timeout,
-            self.app.going_away.child_token(),
-            self.app.force_close.child_token(),
+            self.config.writer_options(
+                Role::Server,
+                self.app.going_away.child_token(),
+                self.app.force_close.child_token(),
+            ),
         );
         let _ = self.accepted.set(Arc::clone(&shared));
         let reader = ReadState::new(
@@ -145,13 +147,22 @@ impl WebSocket {
             leftover,
         );
         self.info.protocol = protocol;
-        Ok(Socket::new(
+        let mut socket = Socket::new(
             Sender {
                 shared: Arc::clone(&shared),
             },
-            Receiver::new(reader, shared),
+            Receiver::new(
+                reader,
+                shared,
+                RecvPolicy::new(self.config.rate_limit, self.config.max_control_per_sec),
+            ),
             Arc::new(self.info.clone()),
-        ))
+        );
+        *socket.extensions_mut() = std::mem::take(&mut self.extensions);
+        if let Some(expiry) = socket.extensions().get::<crate::auth::TokenExpiry>() {
+            socket.sender().shared.set_expiry(Some(expiry.0));
+        }
+        Ok(socket)
     }
 
     /// Refuses the connection with an HTTP `status` and a JSON error body.
@@ -179,13 +190,19 @@ impl WebSocket {
         }
     }
 
+    /// Request extensions (what middleware attached, e.g. verified token
+    /// claims); they become the socket's per-connection extensions.
+    pub fn extensions(&self) -> &http::Extensions {
+        &self.extensions
+    }
+
     /// Subprotocols the client offered, in its order of preference.
     pub fn protocols(&self) -> &[String] {
         &self.request.protocols
     }
 
     /// Extensions the client offered (`Sec-WebSocket-Extensions`).
-    pub fn extensions(&self) -> &[switchboard_proto::ExtensionOffer] {
+    pub fn offered_extensions(&self) -> &[switchboard_proto::ExtensionOffer] {
         &self.request.extensions
     }
 
@@ -285,6 +302,24 @@ pub(crate) async fn serve(
     if !config.origin.allows(origin) {
         return error_response(StatusCode::FORBIDDEN, "origin not allowed");
     }
+    let slot = match app.connections.acquire(cx.remote.ip()) {
+        Ok(slot) => slot,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let mut refusal = None;
+    for m in app.middleware.iter().chain(&app.ws_middleware).chain(&config.middleware) {
+        match m.before(&mut cx) {
+            Ok(()) => {}
+            Err(Reject::Http(r)) => return r.into_response(),
+            Err(Reject::Close(c)) => {
+                refusal = Some(c);
+                break;
+            }
+        }
+    }
+    // Middleware may have removed entries (an auth token) from the offer.
+    let mut request = request;
+    request.protocols = switchboard_proto::parse_protocols(&cx.parts.headers).unwrap_or_default();
     if !config.protocols.is_empty()
         && !request.protocols.is_empty()
         && choose_protocol(&config.protocols, &request.protocols).is_none()
@@ -297,9 +332,19 @@ pub(crate) async fn serve(
             ),
         );
     }
-    let handler = match prepare(&mut cx) {
-        Ok(h) => h,
-        Err(rejection) => return rejection.into_response(),
+    let handler: PreparedWs = match refusal {
+        // Accept, then close at once with the middleware's code.
+        Some(close) => Box::new(move |ws: WebSocket| {
+            Box::pin(async move {
+                let mut socket = ws.accept().await?;
+                socket.close(close.code, &close.reason).await?;
+                Ok(())
+            })
+        }),
+        None => match prepare(&mut cx) {
+            Ok(h) => h,
+            Err(rejection) => return rejection.into_response(),
+        },
     };
     let query = cx
         .parts
@@ -325,11 +370,14 @@ pub(crate) async fn serve(
         respond: Arc::clone(&respond),
         on_upgrade,
         app: Arc::clone(&app),
+        extensions: std::mem::take(&mut cx.parts.extensions),
         accepted: Arc::clone(&accepted),
     };
     let path = ws.info.uri.path().to_owned();
     let force = app.force_close.clone();
     app.tracker.spawn(async move {
+        // Held for the connection's lifetime (connection limits).
+        let _slot = slot;
         let outcome = tokio::select! {
             r = std::panic::AssertUnwindSafe(handler(ws)).catch_unwind() => r,
             _ = force.cancelled() => return,

@@ -15,11 +15,13 @@
 use std::{
     io::IoSlice,
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex,
     },
+    time::{Duration, Instant},
 };
 
+use bytes::Bytes;
 use switchboard_proto::{CloseCode, CloseFrame, Frame, OpCode, Role};
 use tokio::{
     io::{AsyncWrite, AsyncWriteExt},
@@ -67,7 +69,23 @@ pub(crate) struct Shared {
     writer_done: AtomicBool,
     pub(crate) role: Role,
     pub(crate) slot: Mutex<Slot>,
-    pub(crate) close_timeout: std::time::Duration,
+    pub(crate) close_timeout: Duration,
+    /// Cancelled to end the connection at once (slow consumer, dead peer,
+    /// write timeout): the writer stops and the receiver returns `killed_by`.
+    pub(crate) killed: CancellationToken,
+    pub(crate) killed_by: Mutex<Option<CloseFrame>>,
+    /// Set by `terminate`: queued data frames are dropped, only the close
+    /// frame still goes out.
+    purge: AtomicBool,
+    /// Milliseconds since `epoch` when the peer last sent any frame
+    /// (liveness, for the heartbeat).
+    last_seen: AtomicU64,
+    /// Milliseconds since `epoch` of the last data message (idle timeout).
+    last_data: AtomicU64,
+    epoch: Instant,
+    /// Milliseconds since `epoch` after which the connection's credentials
+    /// expire (`u64::MAX`: never).
+    expires_at: AtomicU64,
 }
 
 impl std::fmt::Debug for Shared {
@@ -166,64 +184,180 @@ impl Shared {
     pub(crate) fn shutdown(&self) {
         let _ = self.tx.send(Command::Shutdown);
     }
+
+    /// Ends the connection for cause: queued data is dropped, `close` goes
+    /// out if the peer still reads, and after the close timeout (or at once
+    /// if the writer is stuck) the connection is cut. The receiver reports
+    /// `close` as the disconnect reason.
+    pub(crate) fn terminate(&self, close: CloseFrame) {
+        {
+            let mut by = self.killed_by.lock().unwrap_or_else(|p| p.into_inner());
+            if by.is_some() || self.killed.is_cancelled() {
+                return;
+            }
+            *by = Some(close.clone());
+        }
+        self.purge.store(true, Ordering::Release);
+        if !self.send_close(Some(&close)) {
+            // Our close was already queued; still make sure the writer ends.
+        }
+        self.shutdown();
+        let killed = self.killed.clone();
+        let grace = self.close_timeout;
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            killed.cancel();
+        });
+    }
+
+    /// Why the connection was terminated, if it was.
+    pub(crate) fn killed_by(&self) -> Option<CloseFrame> {
+        self.killed_by.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Records that the peer sent a frame (`data`: a data message).
+    pub(crate) fn saw_peer(&self, data: bool) {
+        let now = self.now_ms();
+        self.last_seen.store(now, Ordering::Relaxed);
+        if data {
+            self.last_data.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// Sets when the connection's credentials expire (see `auth`).
+    pub(crate) fn set_expiry(&self, at: Option<Instant>) {
+        let ms = match at {
+            None => u64::MAX,
+            Some(at) => at.saturating_duration_since(self.epoch).as_millis() as u64,
+        };
+        self.expires_at.store(ms, Ordering::Release);
+    }
+
+}
+
+/// Everything the writer task needs to know.
+#[derive(Debug, Clone)]
+pub(crate) struct WriterOptions {
+    pub(crate) role: Role,
+    pub(crate) max_queue_bytes: usize,
+    pub(crate) close_timeout: Duration,
+    pub(crate) write_timeout: Duration,
+    pub(crate) ping_interval: Option<Duration>,
+    pub(crate) pong_timeout: Duration,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) going_away: CancellationToken,
+    pub(crate) force: CancellationToken,
 }
 
 /// Creates the shared state and spawns the writer task on `io`.
-pub(crate) fn spawn_writer(
-    io: Box<dyn AsyncWrite + Send + Unpin>,
-    role: Role,
-    max_queue_bytes: usize,
-    close_timeout: std::time::Duration,
-    going_away: CancellationToken,
-    force: CancellationToken,
-) -> Arc<Shared> {
+pub(crate) fn spawn_writer(io: Box<dyn AsyncWrite + Send + Unpin>, opts: WriterOptions) -> Arc<Shared> {
     let (tx, rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         tx,
         queued: AtomicUsize::new(0),
-        max_queue_bytes,
+        max_queue_bytes: opts.max_queue_bytes,
         space: Notify::new(),
         close_sent: AtomicBool::new(false),
         writer_done: AtomicBool::new(false),
-        role,
+        role: opts.role,
         slot: Mutex::new(Slot::HandlerRunning),
-        close_timeout,
+        close_timeout: opts.close_timeout,
+        killed: opts.force.child_token(),
+        killed_by: Mutex::new(None),
+        purge: AtomicBool::new(false),
+        last_seen: AtomicU64::new(0),
+        last_data: AtomicU64::new(0),
+        epoch: Instant::now(),
+        expires_at: AtomicU64::new(u64::MAX),
     });
     let task_shared = Arc::clone(&shared);
     tokio::spawn(async move {
-        writer_loop(io, rx, &task_shared, going_away, force).await;
+        writer_loop(io, rx, &task_shared, &opts).await;
         task_shared.writer_done.store(true, Ordering::Release);
         task_shared.space.notify_waiters();
     });
     shared
 }
 
+/// What the once-a-tick timer found.
+fn check_timers(shared: &Shared, opts: &WriterOptions, ping_due: &mut Instant) -> Option<CloseFrame> {
+    let now = shared.now_ms();
+    if now >= shared.expires_at.load(Ordering::Acquire) {
+        return Some(CloseFrame::new(CloseCode::POLICY_VIOLATION, "token expired"));
+    }
+    if let Some(idle) = opts.idle_timeout {
+        if now.saturating_sub(shared.last_data.load(Ordering::Relaxed)) >= idle.as_millis() as u64 {
+            return Some(CloseFrame::new(CloseCode::GOING_AWAY, "idle timeout"));
+        }
+    }
+    if let Some(interval) = opts.ping_interval {
+        let silent = now.saturating_sub(shared.last_seen.load(Ordering::Relaxed));
+        if silent >= (interval + opts.pong_timeout).as_millis() as u64 {
+            return Some(CloseFrame::new(CloseCode::GOING_AWAY, "pong timeout"));
+        }
+        if Instant::now() >= *ping_due {
+            *ping_due = Instant::now() + interval;
+            if silent >= interval.as_millis() as u64 {
+                let ping = match shared.role {
+                    Role::Server => Frame::new(OpCode::Ping, true, false, Bytes::new()),
+                    Role::Client => Frame::masked(OpCode::Ping, true, false, &[], rand::random()),
+                };
+                shared.send_control(ping);
+            }
+        }
+    }
+    None
+}
+
 async fn writer_loop(
     mut io: Box<dyn AsyncWrite + Send + Unpin>,
     mut rx: mpsc::UnboundedReceiver<Command>,
     shared: &Shared,
-    going_away: CancellationToken,
-    force: CancellationToken,
+    opts: &WriterOptions,
 ) {
     let mut batch: Vec<Frame> = Vec::with_capacity(MAX_BATCH_FRAMES);
     let mut told_going_away = false;
+    // One timer for heartbeat, idle and expiry checks: ticks at a fraction
+    // of the shortest deadline, so a deadline is noticed within 1/4 of it.
+    let tick = [opts.ping_interval, opts.idle_timeout, Some(opts.pong_timeout)]
+        .into_iter()
+        .flatten()
+        .min()
+        .map_or(Duration::from_secs(1), |d| (d / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)));
+    let mut timer = tokio::time::interval(tick);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ping_due = Instant::now() + opts.ping_interval.unwrap_or(Duration::MAX / 4);
     loop {
         let first = tokio::select! {
             biased;
-            _ = force.cancelled() => return,
-            _ = going_away.cancelled(), if !told_going_away => {
+            _ = shared.killed.cancelled() => return,
+            _ = opts.going_away.cancelled(), if !told_going_away => {
                 told_going_away = true;
                 shared.send_close(Some(&CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down")));
                 continue;
             }
             cmd = rx.recv() => cmd,
+            _ = timer.tick() => {
+                if let Some(close) = check_timers(shared, opts, &mut ping_due) {
+                    tracing::debug!(code = close.code.0, reason = %close.reason, "closing websocket");
+                    shared.terminate(close);
+                }
+                continue;
+            }
         };
         let Some(first) = first else { break };
+        let purge = shared.purge.load(Ordering::Acquire);
         let mut shutdown = false;
         let mut bytes = 0;
+        let mut dropped = 0;
         let mut next = Some(first);
         while let Some(cmd) = next.take() {
             match cmd {
+                Command::Frame(f) if purge && f.opcode() != OpCode::Close => dropped += f.wire_len(),
                 Command::Frame(f) => {
                     bytes += f.wire_len();
                     batch.push(f);
@@ -239,15 +373,25 @@ async fn writer_loop(
         }
         let written = tokio::select! {
             biased;
-            _ = force.cancelled() => return,
-            r = write_all_vectored(&mut io, &batch) => r,
+            _ = shared.killed.cancelled() => return,
+            r = tokio::time::timeout(opts.write_timeout, write_all_vectored(&mut io, &batch)) => r,
         };
         batch.clear();
-        shared.queued.fetch_sub(bytes, Ordering::AcqRel);
+        shared.queued.fetch_sub(bytes + dropped, Ordering::AcqRel);
         shared.space.notify_waiters();
-        if let Err(e) = written {
-            tracing::debug!(error = %e, "websocket write failed");
-            return;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "websocket write failed");
+                shared.killed.cancel();
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("websocket write made no progress; closing");
+                shared.terminate(CloseFrame::new(CloseCode::GOING_AWAY, "write timeout"));
+                shared.killed.cancel();
+                return;
+            }
         }
         if shutdown {
             break;
