@@ -2,15 +2,15 @@
 //!
 //! `switchboard serve --bind 127.0.0.1:8000` serves `GET /health`,
 //! `POST /api/echo` (JSON in, JSON out), `WS /ws/echo` (echoes every text and
-//! binary message unchanged) and `WS /ws/rooms/{room}` (JSON room greeting and
-//! echo, as in the seeds). `--autobahn` selects the limits profile the
+//! binary message unchanged), `WS /ws/rooms/{room}` (every message a member
+//! sends goes unchanged to every other member of the room) and `GET /stats`
+//! (the hub's counts). `--autobahn` selects the limits profile the
 //! Autobahn TestSuite's group 9 needs.
 
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use serde_json::json;
-use switchboard::{App, Json, Limits, Path, WebSocket, WsConfig};
+use switchboard::{hub::Hub, App, Json, Limits, Path, State, WebSocket, WsConfig};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -82,6 +82,7 @@ fn demo_app(args: &ServeArgs) -> App {
         ws = ws.max_queue_bytes(limits.max_message_size);
     }
     App::new()
+        .state(Hub::new())
         .ws_config(ws)
         .shutdown_timeout(Duration::from_secs(args.shutdown_timeout))
         .get("/health", || async { "ok" })
@@ -95,25 +96,21 @@ fn demo_app(args: &ServeArgs) -> App {
             }
             Ok::<_, switchboard::Error>(())
         })
+        .get("/stats", |State(hub): State<Hub>| async move {
+            Json(hub.stats())
+        })
         .websocket(
             "/ws/rooms/{room}",
-            |ws: WebSocket, Path(room): Path<String>| async move {
+            |ws: WebSocket, Path(room): Path<String>, State(hub): State<Hub>| async move {
                 let mut ws = ws.accept().await?;
-                ws.send_json(&json!({"message": format!("Welcome to {room}!")}))
-                    .await?;
-                loop {
-                    match ws.recv_json::<serde_json::Value>().await {
-                        Ok(Some(msg)) => {
-                            ws.send_json(&json!({"room": room, "message": msg})).await?
-                        }
-                        Ok(None) => break,
-                        Err(e) if e.is_recoverable() => {
-                            ws.send_json(&json!({"error": e.to_string()})).await?;
-                        }
-                        Err(e) => return Err(e),
-                    }
+                let member = hub.connect(ws.sender());
+                member.join(&room);
+                // Relay: every message goes unchanged to every other member
+                // of the room (frame-once broadcast), never back to the sender.
+                while let Some(msg) = ws.recv_message().await? {
+                    member.broadcast_others(&room, msg);
                 }
-                Ok(())
+                Ok::<_, switchboard::Error>(())
             },
         )
 }

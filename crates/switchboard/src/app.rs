@@ -18,8 +18,8 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     connlimit::ConnLimiter,
     extract::{Rejection, RequestContext},
-    middleware::{Middleware, Reject},
     handler::{BoxFuture, Handler, PreparedWs, WsHandler},
+    middleware::{Middleware, Reject},
     response::{error_response, IntoResponse, Response},
     router::{best_match, Pattern},
     ws::{self, WebSocket, WsConfig, WsEvents},

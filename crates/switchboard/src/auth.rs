@@ -138,19 +138,22 @@ impl JwtAuth {
 
     /// RS256/384/512 or PS* with an RSA public key in PEM.
     pub fn rsa_pem(alg: Algorithm, pem: &[u8]) -> Result<JwtAuth, AuthError> {
-        let key = DecodingKey::from_rsa_pem(pem).map_err(|e| AuthError(format!("bad RSA key: {e}")))?;
+        let key =
+            DecodingKey::from_rsa_pem(pem).map_err(|e| AuthError(format!("bad RSA key: {e}")))?;
         Ok(JwtAuth::new(alg, key))
     }
 
     /// ES256/384 with an EC public key in PEM.
     pub fn ec_pem(alg: Algorithm, pem: &[u8]) -> Result<JwtAuth, AuthError> {
-        let key = DecodingKey::from_ec_pem(pem).map_err(|e| AuthError(format!("bad EC key: {e}")))?;
+        let key =
+            DecodingKey::from_ec_pem(pem).map_err(|e| AuthError(format!("bad EC key: {e}")))?;
         Ok(JwtAuth::new(alg, key))
     }
 
     /// EdDSA with an Ed25519 public key in PEM.
     pub fn ed_pem(pem: &[u8]) -> Result<JwtAuth, AuthError> {
-        let key = DecodingKey::from_ed_pem(pem).map_err(|e| AuthError(format!("bad Ed25519 key: {e}")))?;
+        let key = DecodingKey::from_ed_pem(pem)
+            .map_err(|e| AuthError(format!("bad Ed25519 key: {e}")))?;
         Ok(JwtAuth::new(Algorithm::EdDSA, key))
     }
 
@@ -198,7 +201,10 @@ impl JwtAuth {
     /// have the same subject.
     pub fn refresh(&self, socket: &mut Socket, token: &str) -> Result<(), AuthError> {
         let claims: serde_json::Value = self.verify(token)?;
-        let current = socket.extensions().get::<VerifiedClaims>().map(|c| c.0["sub"].clone());
+        let current = socket
+            .extensions()
+            .get::<VerifiedClaims>()
+            .map(|c| c.0["sub"].clone());
         if current.is_some_and(|sub| sub != claims["sub"]) {
             return Err(AuthError("refreshed token is for another subject".into()));
         }
@@ -238,14 +244,23 @@ fn describe(e: &jsonwebtoken::errors::Error) -> String {
 fn expiry_instant(claims: &serde_json::Value) -> Option<TokenExpiry> {
     let exp = claims.get("exp")?.as_u64()?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
-    Some(TokenExpiry(Instant::now() + Duration::from_secs(exp.saturating_sub(now))))
+    Some(TokenExpiry(
+        Instant::now() + Duration::from_secs(exp.saturating_sub(now)),
+    ))
 }
 
 /// Finds the token: header, then query, then subprotocol entry (which is
 /// removed from the request so it is never selected or echoed).
 fn take_token(cx: &mut RequestContext) -> Option<String> {
-    if let Some(v) = cx.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        if let Some(t) = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")) {
+    if let Some(v) = cx
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        if let Some(t) = v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+        {
             return Some(t.trim().to_owned());
         }
     }
@@ -253,7 +268,10 @@ fn take_token(cx: &mut RequestContext) -> Option<String> {
         return Some(t);
     }
     let protocols = switchboard_proto::parse_protocols(cx.headers()).ok()?;
-    let token = protocols.iter().find_map(|p| p.strip_prefix(PROTOCOL_PREFIX))?.to_owned();
+    let token = protocols
+        .iter()
+        .find_map(|p| p.strip_prefix(PROTOCOL_PREFIX))?
+        .to_owned();
     let rest: Vec<&str> = protocols
         .iter()
         .filter(|p| !p.starts_with(PROTOCOL_PREFIX))
@@ -271,6 +289,10 @@ fn take_token(cx: &mut RequestContext) -> Option<String> {
 
 impl Middleware for JwtAuth {
     fn before(&self, cx: &mut RequestContext) -> Result<(), Reject> {
+        if cx.extensions().get::<VerifiedClaims>().is_some() {
+            // Already verified by an earlier JwtAuth (app-wide and route).
+            return Ok(());
+        }
         let Some(token) = take_token(cx) else {
             return if self.optional {
                 Ok(())
@@ -302,7 +324,12 @@ impl<T: DeserializeOwned + Send> FromRequestParts for Claims<T> {
             .ok_or_else(|| Rejection::new(StatusCode::UNAUTHORIZED, "not authenticated"))?;
         serde_json::from_value(claims.0.clone())
             .map(Claims)
-            .map_err(|e| Rejection::new(StatusCode::UNAUTHORIZED, format!("unexpected token claims: {e}")))
+            .map_err(|e| {
+                Rejection::new(
+                    StatusCode::UNAUTHORIZED,
+                    format!("unexpected token claims: {e}"),
+                )
+            })
     }
 }
 
@@ -323,7 +350,9 @@ impl Socket {
 /// Mints an HS256 token for `subject` valid for `ttl` (the seeds'
 /// `create_token`), for development and tests.
 pub fn create_token(secret: &[u8], subject: &str, ttl: Duration) -> Result<String, AuthError> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let claims = StandardClaims {
         sub: subject.to_owned(),
         exp: now + ttl.as_secs(),
@@ -334,8 +363,14 @@ pub fn create_token(secret: &[u8], subject: &str, ttl: Duration) -> Result<Strin
 }
 
 /// Encodes any claims with any algorithm and key.
-pub fn encode_token<T: Serialize>(alg: Algorithm, key: &EncodingKey, claims: &T) -> Result<String, AuthError> {
+pub fn encode_token<T: Serialize>(
+    alg: Algorithm,
+    key: &EncodingKey,
+    claims: &T,
+) -> Result<String, AuthError> {
     encode(&Header::new(alg), claims, key).map_err(|e| AuthError(format!("cannot sign token: {e}")))
 }
 
-pub use jsonwebtoken::{Algorithm as JwtAlgorithm, DecodingKey as JwtDecodingKey, EncodingKey as JwtEncodingKey};
+pub use jsonwebtoken::{
+    Algorithm as JwtAlgorithm, DecodingKey as JwtDecodingKey, EncodingKey as JwtEncodingKey,
+};

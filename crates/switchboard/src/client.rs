@@ -186,7 +186,11 @@ impl WsClient {
         let config = crate::ws::WsConfig::default().ping_interval(None);
         let shared = spawn_writer(
             Box::new(write),
-            config.writer_options(Role::Client, CancellationToken::new(), CancellationToken::new()),
+            config.writer_options(
+                Role::Client,
+                CancellationToken::new(),
+                CancellationToken::new(),
+            ),
         );
         let decoder = Decoder::new(Role::Client, self.limits.unwrap_or(Limits::DEFAULT));
         let reader = ReadState::new(Box::new(read), decoder, Bytes::new());

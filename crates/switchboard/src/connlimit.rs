@@ -82,7 +82,11 @@ impl ConnLimiter {
 
 impl Drop for ConnSlot {
     fn drop(&mut self) {
-        let mut per_ip = self.limiter.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let mut per_ip = self
+            .limiter
+            .per_ip
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if let Some(n) = per_ip.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
@@ -105,9 +109,15 @@ mod tests {
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         let s1 = l.acquire(a).unwrap();
         let _s2 = l.acquire(a).unwrap();
-        assert_eq!(l.acquire(a).unwrap_err().status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            l.acquire(a).unwrap_err().status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
         let _s3 = l.acquire(b).unwrap();
-        assert_eq!(l.acquire(b).unwrap_err().status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            l.acquire(b).unwrap_err().status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
         assert_eq!(l.current(), 3);
         drop(s1);
         assert_eq!(l.current(), 2);

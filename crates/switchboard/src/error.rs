@@ -120,8 +120,14 @@ impl Error {
     pub fn is_recoverable(&self) -> bool {
         matches!(
             self.kind,
-            Kind::Json(_) | Kind::WrongType { .. } | Kind::Capacity { .. }
+            Kind::Json(_) | Kind::WrongType { .. } | Kind::Capacity { .. } | Kind::RateLimited
         )
+    }
+
+    /// A message was dropped by the route's rate limit
+    /// ([`RateLimitPolicy::Drop`](crate::RateLimitPolicy::Drop)).
+    pub fn is_rate_limited(&self) -> bool {
+        matches!(self.kind, Kind::RateLimited)
     }
 }
 

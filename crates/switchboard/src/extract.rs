@@ -84,12 +84,17 @@ pub struct Extension<T>(pub T);
 
 impl<T: Clone + Send + Sync + 'static> FromRequestParts for Extension<T> {
     fn from_request_parts(cx: &mut RequestContext) -> Result<Self, Rejection> {
-        cx.parts.extensions.get::<T>().cloned().map(Extension).ok_or_else(|| {
-            Rejection::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("no {} in request extensions", std::any::type_name::<T>()),
-            )
-        })
+        cx.parts
+            .extensions
+            .get::<T>()
+            .cloned()
+            .map(Extension)
+            .ok_or_else(|| {
+                Rejection::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("no {} in request extensions", std::any::type_name::<T>()),
+                )
+            })
     }
 }
 

@@ -46,8 +46,8 @@ mod connlimit;
 mod error;
 mod extract;
 mod handler;
-mod middleware;
 pub mod hub;
+mod middleware;
 mod path_de;
 mod ratelimit;
 mod response;
@@ -60,7 +60,8 @@ pub use app::App;
 pub use client::{ConnectError, WsClient};
 pub use error::Error;
 pub use extract::{
-    ClientAddr, Extension, FromRequest, FromRequestParts, Path, Query, Rejection, RequestContext, State,
+    ClientAddr, Extension, FromRequest, FromRequestParts, Path, Query, Rejection, RequestContext,
+    State,
 };
 pub use handler::{Handler, WsHandler, WsResult};
 pub use middleware::{Middleware, Reject};

@@ -118,9 +118,15 @@ mod tests {
         for _ in 0..5 {
             assert!(b.try_take(t0));
         }
-        assert!(!b.try_take(t0), "the 6th message in a burst of 5 is refused");
+        assert!(
+            !b.try_take(t0),
+            "the 6th message in a burst of 5 is refused"
+        );
         assert!(!b.try_take(t0 + Duration::from_millis(50)));
-        assert!(b.try_take(t0 + Duration::from_millis(100)), "one token per 100 ms at 10/s");
+        assert!(
+            b.try_take(t0 + Duration::from_millis(100)),
+            "one token per 100 ms at 10/s"
+        );
         assert!(!b.try_take(t0 + Duration::from_millis(100)));
         // Long idle refills only up to the burst.
         let later = t0 + Duration::from_secs(60);

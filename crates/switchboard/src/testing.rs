@@ -58,6 +58,7 @@ const PIPE_BYTES: usize = 256 * 1024;
 pub struct TestClient {
     shared: Arc<AppShared>,
     next_port: AtomicU16,
+    pipe_bytes: usize,
 }
 
 impl TestClient {
@@ -66,7 +67,15 @@ impl TestClient {
         TestClient {
             shared: app.into_shared(),
             next_port: AtomicU16::new(40000),
+            pipe_bytes: PIPE_BYTES,
         }
+    }
+
+    /// Sets the capacity of each in-memory pipe (default 256 KiB), e.g.
+    /// small to make a client that stops reading back-pressure quickly.
+    pub fn pipe_capacity(mut self, bytes: usize) -> TestClient {
+        self.pipe_bytes = bytes.max(1);
+        self
     }
 
     /// Runs the app's startup hooks.
@@ -89,8 +98,8 @@ impl TestClient {
     }
 
     fn connect_pipe(&self) -> (tokio::io::DuplexStream, SocketAddr) {
-        let (client, server) = tokio::io::duplex(PIPE_BYTES);
-        let port = self.next_port.fetch_add(1, Ordering::Relaxed);
+        let (client, server) = tokio::io::duplex(self.pipe_bytes);
+        let port = self.next_port.fetch_add(1, Ordering::Relaxed).max(1024);
         let remote = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         spawn_connection(&self.shared, server, remote);
         (client, remote)

@@ -235,7 +235,9 @@ pub struct Hub {
 
 impl fmt::Debug for Hub {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Hub").field("config", &self.inner.config).finish_non_exhaustive()
+        f.debug_struct("Hub")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -326,7 +328,11 @@ impl Hub {
     /// Adds connection `id` to `room` (creating the room).
     pub fn join(&self, id: ConnId, room: &str) -> Option<Joined> {
         let mut st = self.lock();
-        let State { conns, rooms, clock } = &mut *st;
+        let State {
+            conns,
+            rooms,
+            clock,
+        } = &mut *st;
         let conn = conns.get_mut(&id)?;
         let (key, r) = match rooms.get_key_value(room) {
             Some((k, _)) => {
@@ -336,7 +342,9 @@ impl Hub {
             }
             None => {
                 let k: Arc<str> = room.into();
-                let r = rooms.entry(Arc::clone(&k)).or_insert_with(|| Room::new(new_epoch(), *clock));
+                let r = rooms
+                    .entry(Arc::clone(&k))
+                    .or_insert_with(|| Room::new(new_epoch(), *clock));
                 (k, r)
             }
         };
@@ -408,7 +416,11 @@ impl Hub {
             if empty.len() <= config.max_history_rooms {
                 return;
             }
-            let Some(oldest) = empty.iter().min_by_key(|(_, t)| *t).map(|(k, _)| Arc::clone(k)) else {
+            let Some(oldest) = empty
+                .iter()
+                .min_by_key(|(_, t)| *t)
+                .map(|(k, _)| Arc::clone(k))
+            else {
                 return;
             };
             st.rooms.remove(&oldest);
@@ -458,7 +470,9 @@ impl Hub {
             d.slow += slow;
         }
         self.inner.broadcasts.fetch_add(1, Ordering::Relaxed);
-        self.inner.deliveries.fetch_add(d.delivered as u64, Ordering::Relaxed);
+        self.inner
+            .deliveries
+            .fetch_add(d.delivered as u64, Ordering::Relaxed);
         d
     }
 
@@ -484,12 +498,21 @@ impl Hub {
     }
 
     /// Sends to every member of `room` except `except` (the sender).
-    pub fn broadcast_except(&self, room: &str, msg: impl Into<Message>, except: ConnId) -> Delivery {
+    pub fn broadcast_except(
+        &self,
+        room: &str,
+        msg: impl Into<Message>,
+        except: ConnId,
+    ) -> Delivery {
         self.publish(room, msg.into(), Some(except))
     }
 
     /// Serializes `value` once and sends it to every member of `room`.
-    pub fn broadcast_json<T: Serialize + ?Sized>(&self, room: &str, value: &T) -> Result<Delivery, Error> {
+    pub fn broadcast_json<T: Serialize + ?Sized>(
+        &self,
+        room: &str,
+        value: &T,
+    ) -> Result<Delivery, Error> {
         let text = serde_json::to_string(value)?;
         Ok(self.publish(room, Message::Text(text), None))
     }
@@ -518,7 +541,10 @@ impl Hub {
         let offset = r.record(&frame, keep);
         let mut d = self.fan_out(
             &frame,
-            r.members.iter().filter(|m| Some(m.id) != except).map(|m| &m.sender),
+            r.members
+                .iter()
+                .filter(|m| Some(m.id) != except)
+                .map(|m| &m.sender),
         );
         d.offset = Some(offset);
         d
@@ -613,7 +639,11 @@ impl Hub {
 
     /// Everything after `since` in `room`, or why that is impossible.
     /// Exactly the missed messages, or an error: never a partial replay.
-    pub fn recover(&self, room: &str, since: &StreamPosition) -> Result<Vec<HistoryEntry>, RecoveryError> {
+    pub fn recover(
+        &self,
+        room: &str,
+        since: &StreamPosition,
+    ) -> Result<Vec<HistoryEntry>, RecoveryError> {
         let st = self.lock();
         let Some(r) = st.rooms.get(room) else {
             return Err(RecoveryError::EpochChanged {
@@ -641,7 +671,11 @@ impl Hub {
                 oldest,
             });
         }
-        Ok(r.history.iter().filter(|e| e.offset > since.offset).cloned().collect())
+        Ok(r.history
+            .iter()
+            .filter(|e| e.offset > since.offset)
+            .cloned()
+            .collect())
     }
 
     /// Subscribes to join/leave events of every room.

@@ -20,7 +20,7 @@ pub(crate) struct RoomMember {
 }
 
 /// One message kept for late joiners and reconnecting clients.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryEntry {
     /// The message's offset in its room (1 for the first message).
     pub offset: u64,

@@ -26,10 +26,10 @@ use tokio::{
 
 use crate::{
     app::AppShared,
-    middleware::Reject,
     error::Error,
     extract::{Rejection, RequestContext},
     handler::PreparedWs,
+    middleware::Reject,
     response::{error_response, Body, IntoResponse, Response},
     ws::{
         config::WsConfig,
@@ -307,7 +307,12 @@ pub(crate) async fn serve(
         Err(rejection) => return rejection.into_response(),
     };
     let mut refusal = None;
-    for m in app.middleware.iter().chain(&app.ws_middleware).chain(&config.middleware) {
+    for m in app
+        .middleware
+        .iter()
+        .chain(&app.ws_middleware)
+        .chain(&config.middleware)
+    {
         match m.before(&mut cx) {
             Ok(()) => {}
             Err(Reject::Http(r)) => return r.into_response(),

@@ -212,7 +212,10 @@ impl Shared {
 
     /// Why the connection was terminated, if it was.
     pub(crate) fn killed_by(&self) -> Option<CloseFrame> {
-        self.killed_by.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.killed_by
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn now_ms(&self) -> u64 {
@@ -236,7 +239,6 @@ impl Shared {
         };
         self.expires_at.store(ms, Ordering::Release);
     }
-
 }
 
 /// Everything the writer task needs to know.
@@ -254,7 +256,10 @@ pub(crate) struct WriterOptions {
 }
 
 /// Creates the shared state and spawns the writer task on `io`.
-pub(crate) fn spawn_writer(io: Box<dyn AsyncWrite + Send + Unpin>, opts: WriterOptions) -> Arc<Shared> {
+pub(crate) fn spawn_writer(
+    io: Box<dyn AsyncWrite + Send + Unpin>,
+    opts: WriterOptions,
+) -> Arc<Shared> {
     let (tx, rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         tx,
@@ -284,10 +289,17 @@ pub(crate) fn spawn_writer(io: Box<dyn AsyncWrite + Send + Unpin>, opts: WriterO
 }
 
 /// What the once-a-tick timer found.
-fn check_timers(shared: &Shared, opts: &WriterOptions, ping_due: &mut Instant) -> Option<CloseFrame> {
+fn check_timers(
+    shared: &Shared,
+    opts: &WriterOptions,
+    last_ping: &mut Option<u64>,
+) -> Option<CloseFrame> {
     let now = shared.now_ms();
     if now >= shared.expires_at.load(Ordering::Acquire) {
-        return Some(CloseFrame::new(CloseCode::POLICY_VIOLATION, "token expired"));
+        return Some(CloseFrame::new(
+            CloseCode::POLICY_VIOLATION,
+            "token expired",
+        ));
     }
     if let Some(idle) = opts.idle_timeout {
         if now.saturating_sub(shared.last_data.load(Ordering::Relaxed)) >= idle.as_millis() as u64 {
@@ -295,13 +307,17 @@ fn check_timers(shared: &Shared, opts: &WriterOptions, ping_due: &mut Instant) -
         }
     }
     if let Some(interval) = opts.ping_interval {
-        let silent = now.saturating_sub(shared.last_seen.load(Ordering::Relaxed));
+        let seen = shared.last_seen.load(Ordering::Relaxed);
+        let silent = now.saturating_sub(seen);
         if silent >= (interval + opts.pong_timeout).as_millis() as u64 {
             return Some(CloseFrame::new(CloseCode::GOING_AWAY, "pong timeout"));
         }
-        if Instant::now() >= *ping_due {
-            *ping_due = Instant::now() + interval;
-            if silent >= interval.as_millis() as u64 {
+        // Ping once per silence: after `interval` without a frame from the
+        // peer, and not again until the peer has been heard from.
+        // `last_ping` holds what `last_seen` was when we pinged.
+        if silent >= interval.as_millis() as u64 && last_ping.is_none_or(|at| seen > at) {
+            *last_ping = Some(seen);
+            {
                 let ping = match shared.role {
                     Role::Server => Frame::new(OpCode::Ping, true, false, Bytes::new()),
                     Role::Client => Frame::masked(OpCode::Ping, true, false, &[], rand::random()),
@@ -323,14 +339,20 @@ async fn writer_loop(
     let mut told_going_away = false;
     // One timer for heartbeat, idle and expiry checks: ticks at a fraction
     // of the shortest deadline, so a deadline is noticed within 1/4 of it.
-    let tick = [opts.ping_interval, opts.idle_timeout, Some(opts.pong_timeout)]
-        .into_iter()
-        .flatten()
-        .min()
-        .map_or(Duration::from_secs(1), |d| (d / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)));
+    let tick = [
+        opts.ping_interval,
+        opts.idle_timeout,
+        Some(opts.pong_timeout),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+    .map_or(Duration::from_secs(1), |d| {
+        (d / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+    });
     let mut timer = tokio::time::interval(tick);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut ping_due = Instant::now() + opts.ping_interval.unwrap_or(Duration::MAX / 4);
+    let mut last_ping = None;
     loop {
         let first = tokio::select! {
             biased;
@@ -342,7 +364,7 @@ async fn writer_loop(
             }
             cmd = rx.recv() => cmd,
             _ = timer.tick() => {
-                if let Some(close) = check_timers(shared, opts, &mut ping_due) {
+                if let Some(close) = check_timers(shared, opts, &mut last_ping) {
                     tracing::debug!(code = close.code.0, reason = %close.reason, "closing websocket");
                     shared.terminate(close);
                 }
@@ -357,7 +379,9 @@ async fn writer_loop(
         let mut next = Some(first);
         while let Some(cmd) = next.take() {
             match cmd {
-                Command::Frame(f) if purge && f.opcode() != OpCode::Close => dropped += f.wire_len(),
+                Command::Frame(f) if purge && f.opcode() != OpCode::Close => {
+                    dropped += f.wire_len()
+                }
                 Command::Frame(f) => {
                     bytes += f.wire_len();
                     batch.push(f);

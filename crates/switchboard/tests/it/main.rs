@@ -5,8 +5,11 @@
 
 #![allow(missing_docs, missing_debug_implementations)]
 
+mod auth;
 mod events;
 mod http_api;
+mod hub;
+mod protection;
 mod shutdown;
 mod tcp;
 mod ws_api;
