@@ -38,7 +38,10 @@ fn setup(rt: &tokio::runtime::Runtime) -> (Hub, Arc<AtomicUsize>, TestClient) {
         let client = TestClient::new(app).pipe_capacity(64 * 1024);
         let received = Arc::new(AtomicUsize::new(0));
         for _ in 0..SUBSCRIBERS {
-            let mut ws = client.websocket_connect("/rooms/bench").await.expect("connect");
+            let mut ws = client
+                .websocket_connect("/rooms/bench")
+                .await
+                .expect("connect");
             ws.recv_text().await.expect("joined");
             let received = Arc::clone(&received);
             tokio::spawn(async move {

@@ -15,6 +15,7 @@
 //! broadcasts to a room, which is what keeps every member's copy in the same
 //! order.
 
+mod backplane;
 mod room;
 
 use std::{
@@ -30,6 +31,10 @@ use serde::Serialize;
 use switchboard_proto::{CloseCode, CloseFrame, Frame, OpCode};
 use tokio::sync::broadcast;
 
+pub use backplane::{
+    Backplane, BackplaneError, BackplaneFuture, BackplaneHealth, Envelope, MemoryBus, MemoryNode,
+    Published, RemoteSink,
+};
 pub use room::HistoryEntry;
 use room::{Room, RoomMember};
 
@@ -145,6 +150,11 @@ pub struct HubStats {
     pub broadcasts: u64,
     /// Messages queued to recipients by broadcasts since start.
     pub deliveries: u64,
+    /// The backplane's health, when clustered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backplane: Option<BackplaneHealth>,
+    /// Backplane publishes that failed since start.
+    pub backplane_errors: u64,
 }
 
 /// Where a client was in a room's stream: the last offset it saw and the
@@ -212,6 +222,9 @@ struct State {
 
 struct Inner {
     state: Mutex<State>,
+    /// Other nodes, when clustered (`None`: single node, in memory).
+    backplane: Option<Arc<dyn Backplane>>,
+    backplane_errors: Arc<AtomicU64>,
     config: HubConfig,
     presence: broadcast::Sender<PresenceEvent>,
     next_id: AtomicU64,
@@ -277,6 +290,8 @@ impl Hub {
         Hub {
             inner: Arc::new(Inner {
                 state: Mutex::new(State::default()),
+                backplane: None,
+                backplane_errors: Arc::new(AtomicU64::new(0)),
                 config,
                 presence,
                 next_id: AtomicU64::new(1),
@@ -285,6 +300,59 @@ impl Hub {
                 deliveries: AtomicU64::new(0),
             }),
         }
+    }
+
+    /// A hub that is one node of a cluster joined through `backplane`.
+    pub fn with_backplane(config: HubConfig, backplane: Arc<dyn Backplane>) -> Hub {
+        let (presence, _) = broadcast::channel(config.presence_buffer);
+        let inner = Arc::new(Inner {
+            state: Mutex::new(State::default()),
+            backplane: Some(Arc::clone(&backplane)),
+            backplane_errors: Arc::new(AtomicU64::new(0)),
+            config,
+            presence,
+            next_id: AtomicU64::new(1),
+            slow: AtomicU64::new(0),
+            broadcasts: AtomicU64::new(0),
+            deliveries: AtomicU64::new(0),
+        });
+        let weak = Arc::downgrade(&inner);
+        backplane.attach(RemoteSink::new(move |envelope| {
+            if let Some(inner) = weak.upgrade() {
+                Hub { inner }.deliver_remote(envelope);
+            }
+        }));
+        Hub { inner }
+    }
+
+    /// The backplane, when clustered.
+    pub fn backplane(&self) -> Option<&Arc<dyn Backplane>> {
+        self.inner.backplane.as_ref()
+    }
+
+    /// Fans a message from another node out to this node's members.
+    fn deliver_remote(&self, envelope: Envelope) {
+        let Some(bp) = &self.inner.backplane else {
+            return;
+        };
+        if *envelope.origin == *bp.node_id() {
+            return;
+        }
+        let frame = Frame::new(envelope.opcode, true, false, envelope.payload);
+        let keep = self.inner.config.history_len;
+        let mut st = self.lock();
+        st.clock += 1;
+        let clock = st.clock;
+        let Some(r) = st.rooms.get_mut(envelope.room.as_str()) else {
+            return;
+        };
+        r.last_used = clock;
+        if let Some(offset) = envelope.offset {
+            // Follow the cluster's numbering for the local copy.
+            r.offset = offset.saturating_sub(1);
+        }
+        r.record(&frame, keep);
+        self.fan_out(&frame, r.members.iter().map(|m| &m.sender));
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -353,6 +421,12 @@ impl Hub {
             sender: conn.sender.clone(),
             meta: Arc::clone(&conn.meta),
         });
+        if let (true, Some(bp)) = (added, &self.inner.backplane) {
+            if r.members.len() == 1 {
+                bp.subscribe(room);
+            }
+            bp.presence_join(room, id, Arc::clone(&conn.meta));
+        }
         if added {
             conn.rooms.push(Arc::clone(&key));
         }
@@ -376,7 +450,7 @@ impl Hub {
             return false;
         };
         conn.rooms.retain(|r| &**r != room);
-        let left = Self::remove_from_room(&mut st, &self.inner.config, id, room);
+        let left = self.remove_from_room(&mut st, id, room);
         drop(st);
         if let Some(meta) = left {
             self.emit(room, id, meta, PresenceKind::Left);
@@ -387,13 +461,20 @@ impl Hub {
     }
 
     fn remove_from_room(
+        &self,
         st: &mut State,
-        config: &HubConfig,
         id: ConnId,
         room: &str,
     ) -> Option<Arc<serde_json::Value>> {
+        let config = &self.inner.config;
         let r = st.rooms.get_mut(room)?;
         let removed = r.remove(id)?;
+        if let Some(bp) = &self.inner.backplane {
+            bp.presence_leave(room, id);
+            if r.members.is_empty() {
+                bp.unsubscribe(room);
+            }
+        }
         if r.members.is_empty() {
             if r.history.is_empty() {
                 st.rooms.remove(room);
@@ -436,7 +517,7 @@ impl Hub {
         };
         let mut left = Vec::with_capacity(conn.rooms.len());
         for room in &conn.rooms {
-            if Self::remove_from_room(&mut st, &self.inner.config, id, room).is_some() {
+            if self.remove_from_room(&mut st, id, room).is_some() {
                 left.push(Arc::clone(room));
             }
         }
@@ -494,7 +575,7 @@ impl Hub {
 
     /// Sends to every member of `room`.
     pub fn broadcast_to(&self, room: &str, msg: impl Into<Message>) -> Delivery {
-        self.publish(room, msg.into(), None)
+        self.publish_message(room, msg.into(), None)
     }
 
     /// Sends to every member of `room` except `except` (the sender).
@@ -504,7 +585,7 @@ impl Hub {
         msg: impl Into<Message>,
         except: ConnId,
     ) -> Delivery {
-        self.publish(room, msg.into(), Some(except))
+        self.publish_message(room, msg.into(), Some(except))
     }
 
     /// Serializes `value` once and sends it to every member of `room`.
@@ -514,28 +595,90 @@ impl Hub {
         value: &T,
     ) -> Result<Delivery, Error> {
         let text = serde_json::to_string(value)?;
-        Ok(self.publish(room, Message::Text(text), None))
+        Ok(self.publish_message(room, Message::Text(text), None))
     }
 
-    /// Publishes an already encoded frame to `room` (recorded in history).
+    /// Publishes an already encoded frame to `room` (recorded in history,
+    /// and sent to the other nodes when clustered; a backplane failure is
+    /// counted in stats — use [`Hub::publish`] to see it).
     pub fn publish_frame(&self, room: &str, frame: Frame, except: Option<ConnId>) -> Delivery {
+        let (delivery, remote) = self.publish_local(room, frame, except);
+        // The message is already queued by the backplane; the task only
+        // counts a failed acknowledgement (none without a runtime).
+        if let (Some(ack), Ok(rt)) = (remote, tokio::runtime::Handle::try_current()) {
+            let errors = Arc::clone(&self.inner.backplane_errors);
+            rt.spawn(async move {
+                if let Err(e) = ack.await {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "backplane publish failed");
+                }
+            });
+        }
+        delivery
+    }
+
+    /// Publishes to `room` on this node and, when clustered, on every other
+    /// node; resolves once the backplane accepted the message (within its
+    /// bounded timeout). Local members get the message even when the
+    /// backplane fails.
+    pub async fn publish(
+        &self,
+        room: &str,
+        msg: impl Into<Message>,
+    ) -> Result<Delivery, BackplaneError> {
+        let frame = encode(msg.into())
+            .map_err(|_| BackplaneError("close frames are not published".into()))?;
+        let (mut delivery, remote) = self.publish_local(room, frame, None);
+        if let Some(ack) = remote {
+            match ack.await {
+                Ok(p) => delivery.offset = Some(p.offset),
+                Err(e) => {
+                    self.inner.backplane_errors.fetch_add(1, Ordering::Relaxed);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(delivery)
+    }
+
+    fn publish_local(
+        &self,
+        room: &str,
+        frame: Frame,
+        except: Option<ConnId>,
+    ) -> (
+        Delivery,
+        Option<BackplaneFuture<Result<Published, BackplaneError>>>,
+    ) {
         let mut st = self.lock();
+        // Handed to the backplane under the lock, so the cluster sees this
+        // node's messages to a room in the order its members got them.
+        let remote = self.inner.backplane.as_ref().map(|bp| {
+            bp.publish(Envelope {
+                origin: bp.node_id().into(),
+                room: room.to_owned(),
+                opcode: frame.opcode(),
+                payload: frame.payload().clone(),
+                offset: None,
+            })
+        });
         st.clock += 1;
         let clock = st.clock;
         let keep = self.inner.config.history_len;
         let Some(r) = st.rooms.get_mut(room) else {
             if keep == 0 {
-                return Delivery::default();
+                return (Delivery::default(), remote);
             }
             // History is on: a message to an empty room is still recorded.
             let mut r = Room::new(new_epoch(), clock);
             let offset = r.record(&frame, keep);
             st.rooms.insert(room.into(), r);
             Self::evict_history_rooms(&mut st, &self.inner.config);
-            return Delivery {
+            let d = Delivery {
                 offset: Some(offset),
                 ..Delivery::default()
             };
+            return (d, remote);
         };
         r.last_used = clock;
         let offset = r.record(&frame, keep);
@@ -547,10 +690,54 @@ impl Hub {
                 .map(|m| &m.sender),
         );
         d.offset = Some(offset);
-        d
+        (d, remote)
     }
 
-    fn publish(&self, room: &str, msg: Message, except: Option<ConnId>) -> Delivery {
+    /// Members of `room` across the cluster (this node only when not
+    /// clustered).
+    pub async fn cluster_members(&self, room: &str) -> Result<Vec<PresenceInfo>, BackplaneError> {
+        match &self.inner.backplane {
+            Some(bp) => bp.members(room).await,
+            None => Ok(self.members(room)),
+        }
+    }
+
+    /// The room's stream position across the cluster, for a client to
+    /// store and later pass to [`Hub::cluster_recover`].
+    pub async fn position(&self, room: &str) -> Result<StreamPosition, BackplaneError> {
+        match &self.inner.backplane {
+            Some(bp) => bp.position(room).await,
+            None => {
+                let st = self.lock();
+                Ok(st
+                    .rooms
+                    .get(room)
+                    .map(|r| StreamPosition {
+                        offset: r.offset,
+                        epoch: r.epoch.to_string(),
+                    })
+                    .unwrap_or(StreamPosition {
+                        offset: 0,
+                        epoch: String::new(),
+                    }))
+            }
+        }
+    }
+
+    /// Exactly the messages missed since `since` across the cluster, or why
+    /// that is impossible (this node's history when not clustered).
+    pub async fn cluster_recover(
+        &self,
+        room: &str,
+        since: &StreamPosition,
+    ) -> Result<Result<Vec<HistoryEntry>, RecoveryError>, BackplaneError> {
+        match &self.inner.backplane {
+            Some(bp) => bp.recover(room, since.clone()).await,
+            None => Ok(self.recover(room, since)),
+        }
+    }
+
+    fn publish_message(&self, room: &str, msg: Message, except: Option<ConnId>) -> Delivery {
         match encode(msg) {
             Ok(frame) => self.publish_frame(room, frame, except),
             Err(close) => {
@@ -622,6 +809,8 @@ impl Hub {
             slow_consumers: self.inner.slow.load(Ordering::Relaxed),
             broadcasts: self.inner.broadcasts.load(Ordering::Relaxed),
             deliveries: self.inner.deliveries.load(Ordering::Relaxed),
+            backplane: self.inner.backplane.as_ref().map(|bp| bp.health()),
+            backplane_errors: self.inner.backplane_errors.load(Ordering::Relaxed),
         }
     }
 
@@ -650,38 +839,49 @@ impl Hub {
                 current: String::new(),
             });
         };
-        if *r.epoch != since.epoch {
-            return Err(RecoveryError::EpochChanged {
-                current: r.epoch.to_string(),
-            });
-        }
-        if since.offset > r.offset {
-            return Err(RecoveryError::Ahead {
-                requested: since.offset,
-                last: r.offset,
-            });
-        }
-        if since.offset == r.offset {
-            return Ok(Vec::new());
-        }
-        let oldest = r.history.front().map_or(r.offset + 1, |e| e.offset);
-        if oldest > since.offset + 1 {
-            return Err(RecoveryError::TooOld {
-                requested: since.offset,
-                oldest,
-            });
-        }
-        Ok(r.history
-            .iter()
-            .filter(|e| e.offset > since.offset)
-            .cloned()
-            .collect())
+        recover_from(&r.epoch, r.offset, &r.history, since)
     }
 
     /// Subscribes to join/leave events of every room.
     pub fn presence_events(&self) -> broadcast::Receiver<PresenceEvent> {
         self.inner.presence.subscribe()
     }
+}
+
+/// The recovery rules, shared by the local history and backplanes: the
+/// same epoch, an offset not ahead of the stream, and nothing missing.
+pub(crate) fn recover_from(
+    epoch: &str,
+    last: u64,
+    history: &std::collections::VecDeque<HistoryEntry>,
+    since: &StreamPosition,
+) -> Result<Vec<HistoryEntry>, RecoveryError> {
+    if epoch != since.epoch {
+        return Err(RecoveryError::EpochChanged {
+            current: epoch.to_owned(),
+        });
+    }
+    if since.offset > last {
+        return Err(RecoveryError::Ahead {
+            requested: since.offset,
+            last,
+        });
+    }
+    if since.offset == last {
+        return Ok(Vec::new());
+    }
+    let oldest = history.front().map_or(last + 1, |e| e.offset);
+    if oldest > since.offset + 1 {
+        return Err(RecoveryError::TooOld {
+            requested: since.offset,
+            oldest,
+        });
+    }
+    Ok(history
+        .iter()
+        .filter(|e| e.offset > since.offset)
+        .cloned()
+        .collect())
 }
 
 /// A connection's membership in the hub. Dropping it leaves every room.

@@ -301,3 +301,58 @@ async fn presence_lists_members_with_metadata_and_emits_events() {
         ]
     );
 }
+
+#[tokio::test]
+async fn two_nodes_on_a_memory_bus_act_as_one() {
+    use switchboard::hub::MemoryBus;
+    let bus = MemoryBus::new(100);
+    let hub_a = Hub::with_backplane(HubConfig::default(), Arc::new(bus.node("a")));
+    let hub_b = Hub::with_backplane(HubConfig::default(), Arc::new(bus.node("b")));
+    let a = TestClient::new(room_app(hub_a.clone(), WsConfig::default()));
+    let b = TestClient::new(room_app(hub_b.clone(), WsConfig::default()));
+    let mut a1 = a.websocket_connect("/rooms/r?user=a1").await.unwrap();
+    let mut b1 = b.websocket_connect("/rooms/r?user=b1").await.unwrap();
+    let mut b2 = b.websocket_connect("/rooms/r?user=b2").await.unwrap();
+    for ws in [&mut a1, &mut b1, &mut b2] {
+        joined(ws).await;
+    }
+    // A member on node a sends; both members on node b get it once, in order.
+    for i in 0..5 {
+        a1.send_text(format!("from a {i}")).await.unwrap();
+    }
+    for ws in [&mut b1, &mut b2] {
+        for i in 0..5 {
+            assert_eq!(ws.recv_text().await.unwrap(), Some(format!("from a {i}")));
+        }
+    }
+    // b1 sends: b2 (same node) and a1 (other node) get it; b1 does not.
+    b1.send_text("from b1").await.unwrap();
+    assert_eq!(b2.recv_text().await.unwrap().as_deref(), Some("from b1"));
+    assert_eq!(a1.recv_text().await.unwrap().as_deref(), Some("from b1"));
+    for ws in [&mut a1, &mut b1, &mut b2] {
+        assert!(tokio::time::timeout(Duration::from_millis(100), ws.recv())
+            .await
+            .is_err());
+    }
+    // Presence across nodes, and recovery from the cluster's history.
+    let mut users: Vec<String> = hub_a
+        .cluster_members("r")
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.meta["user"].as_str().unwrap().to_owned())
+        .collect();
+    users.sort();
+    assert_eq!(users, ["a1", "b1", "b2"]);
+    let pos = hub_b.position("r").await.unwrap();
+    assert_eq!(pos.offset, 6);
+    let d = hub_a.publish("r", "published").await.unwrap();
+    assert_eq!(d.offset, Some(7));
+    let missed = hub_b.cluster_recover("r", &pos).await.unwrap().unwrap();
+    assert_eq!(missed.len(), 1);
+    assert_eq!(missed[0].message(), Message::text("published"));
+    assert_eq!(b1.recv_text().await.unwrap().as_deref(), Some("published"));
+    // Leaving a room on a node drops the node's subscription.
+    drop(a1);
+    wait_until(|| hub_a.stats().backplane.unwrap().subscriptions == 0).await;
+}

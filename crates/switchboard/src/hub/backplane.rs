@@ -1,0 +1,382 @@
+//! The backplane: how hubs on several nodes act as one.
+//!
+//! A [`Backplane`] carries [`Envelope`]s between nodes, one channel per
+//! room, subscribed only while the node has local members. The hub calls it
+//! on join, leave and publish; remote envelopes come back through the
+//! [`RemoteSink`] the hub attaches. Every envelope carries its origin node
+//! id and a node drops its own, so nothing is delivered twice. The trait is
+//! small on purpose (a NATS backplane would implement the same six calls);
+//! the Redis one lives in the `switchboard-redis` crate, and
+//! [`MemoryBus`] connects hubs in one process (tests, examples).
+//!
+//! Contract for implementors: [`Backplane::publish`] must take its place in
+//! the outgoing order *when called* (not when its future is polled), so a
+//! room's messages from one node stay in order; its future must resolve
+//! within a bounded time even when the transport is down; nothing may
+//! buffer without bound.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::{Arc, Mutex, Weak},
+};
+
+use bytes::Bytes;
+use serde::Serialize;
+use switchboard_proto::OpCode;
+
+use super::{ConnId, HistoryEntry, PresenceInfo, RecoveryError, StreamPosition};
+
+/// A boxed future returned by backplane calls.
+pub type BackplaneFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// A message crossing nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// The node that published it.
+    pub origin: Arc<str>,
+    /// The room.
+    pub room: String,
+    /// `Text` or `Binary`.
+    pub opcode: OpCode,
+    /// The message payload (not framed).
+    pub payload: Bytes,
+    /// Its offset in the room's cluster-wide stream, when the backplane
+    /// keeps history.
+    pub offset: Option<u64>,
+}
+
+/// Where a published message landed in the room's cluster-wide stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Published {
+    /// The message's offset.
+    pub offset: u64,
+    /// The room's epoch.
+    pub epoch: String,
+}
+
+/// A backplane failure (transport down, timeout).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize)]
+#[error("backplane: {0}")]
+pub struct BackplaneError(pub String);
+
+/// A backplane's view of its own health.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BackplaneHealth {
+    /// Connected and its subscriptions confirmed live.
+    pub healthy: bool,
+    /// What is wrong, when not healthy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Rooms this node is subscribed to.
+    pub subscriptions: usize,
+    /// Publishes that failed since start.
+    pub publish_errors: u64,
+}
+
+/// Hands remote envelopes to the hub that attached it.
+#[derive(Clone)]
+pub struct RemoteSink {
+    pub(super) deliver: Arc<dyn Fn(Envelope) + Send + Sync>,
+}
+
+impl fmt::Debug for RemoteSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RemoteSink")
+    }
+}
+
+impl RemoteSink {
+    /// Delivers an envelope from another node to this node's local members.
+    /// Envelopes whose origin is this node are ignored by the hub.
+    pub fn deliver(&self, envelope: Envelope) {
+        (self.deliver)(envelope)
+    }
+
+    pub(super) fn new(f: impl Fn(Envelope) + Send + Sync + 'static) -> Self {
+        RemoteSink {
+            deliver: Arc::new(f),
+        }
+    }
+}
+
+/// Carries room traffic, presence and history between nodes.
+pub trait Backplane: Send + Sync + 'static {
+    /// This node's id (stamped on every envelope it publishes).
+    fn node_id(&self) -> &str;
+
+    /// Called once by the hub: where remote envelopes go.
+    fn attach(&self, sink: RemoteSink);
+
+    /// Start receiving `room` (its first local member joined).
+    fn subscribe(&self, room: &str);
+
+    /// Stop receiving `room` (its last local member left).
+    fn unsubscribe(&self, room: &str);
+
+    /// Sends `envelope` to the other nodes (and records it in the room's
+    /// history). See the module docs for the ordering and time contract.
+    fn publish(&self, envelope: Envelope) -> BackplaneFuture<Result<Published, BackplaneError>>;
+
+    /// Records a member in the room's cluster-wide presence.
+    fn presence_join(&self, room: &str, conn: ConnId, meta: Arc<serde_json::Value>);
+
+    /// Removes a member from the room's cluster-wide presence.
+    fn presence_leave(&self, room: &str, conn: ConnId);
+
+    /// Members of `room` on every node.
+    fn members(&self, room: &str) -> BackplaneFuture<Result<Vec<PresenceInfo>, BackplaneError>>;
+
+    /// The room's current stream position (for joiners).
+    fn position(&self, room: &str) -> BackplaneFuture<Result<StreamPosition, BackplaneError>>;
+
+    /// Exactly the messages after `since`, or why not.
+    fn recover(
+        &self,
+        room: &str,
+        since: StreamPosition,
+    ) -> BackplaneFuture<Result<Result<Vec<HistoryEntry>, RecoveryError>, BackplaneError>>;
+
+    /// Current health.
+    fn health(&self) -> BackplaneHealth;
+}
+
+/// An in-process backplane: hubs attached to the same bus behave as nodes
+/// of one cluster. Useful in tests and to try cluster semantics without
+/// Redis; history is kept per room (last `history` messages).
+#[derive(Clone)]
+pub struct MemoryBus {
+    inner: Arc<Mutex<BusState>>,
+    history: usize,
+}
+
+impl fmt::Debug for MemoryBus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryBus")
+            .field("history", &self.history)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct BusState {
+    nodes: Vec<Weak<MemoryNodeInner>>,
+    rooms: HashMap<String, BusRoom>,
+}
+
+struct BusRoom {
+    epoch: String,
+    offset: u64,
+    history: VecDeque<HistoryEntry>,
+    presence: HashMap<(String, ConnId), Arc<serde_json::Value>>,
+}
+
+impl BusRoom {
+    fn new() -> BusRoom {
+        BusRoom {
+            epoch: format!("{:016x}", rand::random::<u64>()),
+            offset: 0,
+            history: VecDeque::new(),
+            presence: HashMap::new(),
+        }
+    }
+}
+
+struct MemoryNodeInner {
+    id: Arc<str>,
+    sink: Mutex<Option<RemoteSink>>,
+    subscriptions: Mutex<HashMap<String, usize>>,
+}
+
+/// One node's handle on a [`MemoryBus`].
+#[derive(Clone)]
+pub struct MemoryNode {
+    bus: MemoryBus,
+    inner: Arc<MemoryNodeInner>,
+}
+
+impl fmt::Debug for MemoryNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryNode")
+            .field("id", &self.inner.id)
+            .finish()
+    }
+}
+
+impl MemoryBus {
+    /// A bus keeping the last `history` messages per room.
+    pub fn new(history: usize) -> MemoryBus {
+        MemoryBus {
+            inner: Arc::new(Mutex::new(BusState::default())),
+            history,
+        }
+    }
+
+    /// A node with id `id` on this bus.
+    pub fn node(&self, id: &str) -> MemoryNode {
+        let inner = Arc::new(MemoryNodeInner {
+            id: id.into(),
+            sink: Mutex::new(None),
+            subscriptions: Mutex::new(HashMap::new()),
+        });
+        self.lock().nodes.push(Arc::downgrade(&inner));
+        MemoryNode {
+            bus: self.clone(),
+            inner,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BusState> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Backplane for MemoryNode {
+    fn node_id(&self) -> &str {
+        &self.inner.id
+    }
+
+    fn attach(&self, sink: RemoteSink) {
+        *self.inner.sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink);
+    }
+
+    fn subscribe(&self, room: &str) {
+        *self
+            .inner
+            .subscriptions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(room.to_owned())
+            .or_insert(0) += 1;
+    }
+
+    fn unsubscribe(&self, room: &str) {
+        self.inner
+            .subscriptions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(room);
+    }
+
+    fn publish(
+        &self,
+        mut envelope: Envelope,
+    ) -> BackplaneFuture<Result<Published, BackplaneError>> {
+        let mut st = self.bus.lock();
+        let keep = self.bus.history;
+        let room = st
+            .rooms
+            .entry(envelope.room.clone())
+            .or_insert_with(BusRoom::new);
+        room.offset += 1;
+        envelope.offset = Some(room.offset);
+        if keep > 0 {
+            if room.history.len() == keep {
+                room.history.pop_front();
+            }
+            room.history.push_back(HistoryEntry {
+                offset: room.offset,
+                frame: switchboard_proto::Frame::new(
+                    envelope.opcode,
+                    true,
+                    false,
+                    envelope.payload.clone(),
+                ),
+            });
+        }
+        let published = Published {
+            offset: room.offset,
+            epoch: room.epoch.clone(),
+        };
+        let targets: Vec<RemoteSink> = st
+            .nodes
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|n| {
+                n.subscriptions
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains_key(&envelope.room)
+            })
+            .filter_map(|n| n.sink.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .collect();
+        // Delivered under the bus lock, so every node sees one order.
+        for sink in targets {
+            sink.deliver(envelope.clone());
+        }
+        drop(st);
+        Box::pin(async move { Ok(published) })
+    }
+
+    fn presence_join(&self, room: &str, conn: ConnId, meta: Arc<serde_json::Value>) {
+        let mut st = self.bus.lock();
+        let r = st.rooms.entry(room.to_owned()).or_insert_with(BusRoom::new);
+        r.presence.insert((self.inner.id.to_string(), conn), meta);
+    }
+
+    fn presence_leave(&self, room: &str, conn: ConnId) {
+        let mut st = self.bus.lock();
+        if let Some(r) = st.rooms.get_mut(room) {
+            r.presence.remove(&(self.inner.id.to_string(), conn));
+        }
+    }
+
+    fn members(&self, room: &str) -> BackplaneFuture<Result<Vec<PresenceInfo>, BackplaneError>> {
+        let st = self.bus.lock();
+        let list = st
+            .rooms
+            .get(room)
+            .map(|r| {
+                r.presence
+                    .iter()
+                    .map(|((_, conn), meta)| PresenceInfo {
+                        conn: *conn,
+                        meta: Arc::clone(meta),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Box::pin(async move { Ok(list) })
+    }
+
+    fn position(&self, room: &str) -> BackplaneFuture<Result<StreamPosition, BackplaneError>> {
+        let mut st = self.bus.lock();
+        let r = st.rooms.entry(room.to_owned()).or_insert_with(BusRoom::new);
+        let pos = StreamPosition {
+            offset: r.offset,
+            epoch: r.epoch.clone(),
+        };
+        Box::pin(async move { Ok(pos) })
+    }
+
+    fn recover(
+        &self,
+        room: &str,
+        since: StreamPosition,
+    ) -> BackplaneFuture<Result<Result<Vec<HistoryEntry>, RecoveryError>, BackplaneError>> {
+        let st = self.bus.lock();
+        let result = match st.rooms.get(room) {
+            None => Err(RecoveryError::EpochChanged {
+                current: String::new(),
+            }),
+            Some(r) => super::recover_from(&r.epoch, r.offset, &r.history, &since),
+        };
+        Box::pin(async move { Ok(result) })
+    }
+
+    fn health(&self) -> BackplaneHealth {
+        BackplaneHealth {
+            healthy: true,
+            detail: None,
+            subscriptions: self
+                .inner
+                .subscriptions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .len(),
+            publish_errors: 0,
+        }
+    }
+}
