@@ -11,6 +11,11 @@ The WebSocket checks run twice, once with the client's default
 connections: text echo (ASCII and multi-byte UTF-8), binary echo, empty
 messages, a 1 MiB binary message, 100 pipelined messages in order, ping gets
 pong, and a normal close with code 1000 answered by the server with 1000.
+With permessage-deflate offered, two more checks (issue 4): the server
+must accept it, understand the client's compressed messages and compress
+its echoes (RSV1 frames and their size, counted on the wire side of the
+client's extension); and an offer naming all four RFC 7692 parameters must
+be answered as the RFC requires, then carry compressed traffic.
 The HTTP checks run once: GET /health, and the server rejecting invalid
 handshakes with a 4xx status. Every check is bounded by --timeout seconds.
 
@@ -32,6 +37,10 @@ import urllib.parse
 try:
     import websockets
     from websockets.asyncio.client import connect
+    from websockets.extensions.permessage_deflate import (
+        ClientPerMessageDeflateFactory,
+        PerMessageDeflate,
+    )
 except ImportError as exc:  # pragma: no cover - setup problem, not a test failure
     print("python_websockets.py: needs websockets >= 13 (pip install websockets): %s" % exc)
     sys.exit(2)
@@ -271,6 +280,69 @@ class Interop:
                    "server answered close with code %s %r, expected 1000" % (rcvd.code, rcvd.reason))
             return "server replied close %d" % rcvd.code
 
+        async def compressed_exchange():
+            # Count, on the wire side of the client's deflate extension, the
+            # frames that arrive with RSV1 and their compressed size.
+            async with self.open(compression) as ws:
+                ext = ws.response.headers.get("Sec-WebSocket-Extensions") or ""
+                expect(ext.startswith("permessage-deflate"),
+                       "server did not accept permessage-deflate (answered %r)" % ext)
+                pmd = [e for e in ws.protocol.extensions if isinstance(e, PerMessageDeflate)]
+                expect(len(pmd) == 1, "client has no active permessage-deflate extension")
+                wire = {"in": 0, "in_rsv1": 0, "out_rsv1": 0}
+                decode, encode = pmd[0].decode, pmd[0].encode
+
+                def counting_decode(frame, *, max_size=None):
+                    if frame.rsv1:
+                        wire["in_rsv1"] += 1
+                        wire["in"] += len(frame.data)
+                    return decode(frame, max_size=max_size)
+
+                def counting_encode(frame):
+                    frame = encode(frame)
+                    wire["out_rsv1"] += int(frame.rsv1)
+                    return frame
+
+                pmd[0].decode, pmd[0].encode = counting_decode, counting_encode
+                sent = 0
+                for i in range(10):
+                    msg = '{"seq": %d, "items": [%s]}' % (
+                        i, ", ".join('{"id": %d, "name": "item-%d"}' % (j, j) for j in range(300)))
+                    sent += len(msg)
+                    await ws.send(msg)
+                    expect_echo(msg, await ws.recv(), "compressed echo #%d" % i)
+                expect(wire["out_rsv1"] == 10, "client compressed %d of 10 messages" % wire["out_rsv1"])
+                expect(wire["in_rsv1"] == 10,
+                       "server compressed %d of 10 echoes (RSV1 frames)" % wire["in_rsv1"])
+                expect(wire["in"] * 3 < sent,
+                       "echoes not smaller: %d wire bytes for %d bytes of text" % (wire["in"], sent))
+                return "%s; %d text bytes arrived as %d compressed bytes (%.1fx)" % (
+                    ext, sent, wire["in"], sent / max(wire["in"], 1))
+
+        async def four_parameters():
+            factory = ClientPerMessageDeflateFactory(
+                server_no_context_takeover=True,
+                client_no_context_takeover=True,
+                server_max_window_bits=10,
+                client_max_window_bits=12,
+            )
+            async with connect(self.echo_url, compression=None, extensions=[factory],
+                               max_size=16 * MiB, open_timeout=self.timeout,
+                               close_timeout=self.timeout, ping_interval=None,
+                               proxy=None) as ws:
+                ext = ws.response.headers.get("Sec-WebSocket-Extensions") or ""
+                params = [p.strip() for p in ext.split(";")]
+                expect(params[:1] == ["permessage-deflate"], "not accepted: %r" % ext)
+                expect("server_no_context_takeover" in params,
+                       "server_no_context_takeover was asked for but not answered: %r" % ext)
+                expect("server_max_window_bits=10" in params,
+                       "server_max_window_bits=10 was asked for but not answered: %r" % ext)
+                for i in range(20):
+                    msg = ("window %d " % i) * (200 + 50 * i)
+                    await ws.send(msg)
+                    expect_echo(msg, await ws.recv(), "echo #%d" % i)
+                return ext
+
         await self.run_check(tag + "handshake 101", handshake)
         await self.run_check(tag + "text echo (ASCII)", text_ascii)
         await self.run_check(tag + "text echo (multi-byte UTF-8)", text_utf8)
@@ -280,6 +352,9 @@ class Interop:
         await self.run_check(tag + "100 pipelined messages in order", pipelined)
         await self.run_check(tag + "ping gets pong", ping_pong)
         await self.run_check(tag + "close 1000 answered with 1000", close_1000)
+        if compression == "deflate":
+            await self.run_check(tag + "permessage-deflate: compressed both ways", compressed_exchange)
+            await self.run_check(tag + "permessage-deflate: all four parameters", four_parameters)
 
 
 def parse_url(url):

@@ -64,7 +64,8 @@ pub enum ProtocolError {
     /// A message split into more fragments than allowed.
     #[error("message has more than {0} fragments")]
     TooManyFragments(usize),
-    /// An extension failed to transform a payload (e.g. corrupt deflate data).
+    /// An extension failed to transform a payload (e.g. corrupt deflate
+    /// data): close 1007, the payload is inconsistent with its message.
     #[error("extension error: {0}")]
     Extension(String),
 }
@@ -73,7 +74,7 @@ impl ProtocolError {
     /// The close code to fail the connection with.
     pub fn close_code(&self) -> CloseCode {
         match self {
-            ProtocolError::InvalidUtf8 => CloseCode::INVALID_PAYLOAD,
+            ProtocolError::InvalidUtf8 | ProtocolError::Extension(_) => CloseCode::INVALID_PAYLOAD,
             ProtocolError::FrameTooBig { .. }
             | ProtocolError::MessageTooBig { .. }
             | ProtocolError::TooManyFragments(_) => CloseCode::MESSAGE_TOO_BIG,

@@ -275,6 +275,28 @@ impl Frame {
         self.opcode
     }
 
+    /// Whether this is the final fragment of its message.
+    pub fn fin(&self) -> bool {
+        self.header[0] & 0x80 != 0
+    }
+
+    /// Whether RSV1 is set (a permessage-deflate compressed message).
+    pub fn rsv1(&self) -> bool {
+        self.header[0] & 0x40 != 0
+    }
+
+    /// Whether the payload is masked (a client frame).
+    ///
+    /// ```
+    /// use switchboard_proto::{Frame, OpCode};
+    /// let f = Frame::masked(OpCode::Binary, false, true, b"x", [1, 2, 3, 4]);
+    /// assert!(f.is_masked() && f.rsv1() && !f.fin());
+    /// assert!(!Frame::new(OpCode::Ping, true, false, "p".into()).is_masked());
+    /// ```
+    pub fn is_masked(&self) -> bool {
+        self.header[1] & 0x80 != 0
+    }
+
     /// Total bytes on the wire.
     pub fn wire_len(&self) -> usize {
         usize::from(self.header_len) + self.payload.len()

@@ -34,7 +34,8 @@ impl HandshakeError {
 /// A validated upgrade request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpgradeRequest {
-    /// The value for `Sec-WebSocket-Accept`.
+    /// The value for `Sec-WebSocket-Accept`; empty for an HTTP/2 extended
+    /// CONNECT ([`validate_h2_request`]), which has no key (RFC 8441 §5).
     pub accept: String,
     /// Subprotocols the client offered, in its order of preference.
     pub protocols: Vec<String>,
@@ -147,6 +148,77 @@ pub fn validate_request(
         .map_err(|message| HandshakeError::new(StatusCode::BAD_REQUEST, message))?;
     Ok(UpgradeRequest {
         accept: accept_key(key),
+        protocols,
+        extensions,
+    })
+}
+
+/// Validates a WebSocket request over HTTP/2: an extended CONNECT with
+/// `:protocol` `websocket` (RFC 8441 §4-5). `protocol` is the `:protocol`
+/// pseudo-header, `None` when the request had none.
+///
+/// HTTP/2 has no `Upgrade`, `Connection` or `Sec-WebSocket-Key`: the stream
+/// itself becomes the WebSocket once the server answers 200. Version,
+/// subprotocols and extensions are negotiated with the same headers as in
+/// HTTP/1.1, and the returned request's `accept` is empty.
+///
+/// ```
+/// use http::{HeaderMap, Method};
+/// let mut h = HeaderMap::new();
+/// h.insert("sec-websocket-version", "13".parse().unwrap());
+/// h.insert("sec-websocket-protocol", "chat".parse().unwrap());
+/// let req =
+///     switchboard_proto::validate_h2_request(&Method::CONNECT, Some("websocket"), &h).unwrap();
+/// assert_eq!(req.protocols, ["chat"]);
+/// assert!(req.accept.is_empty());
+/// // A plain CONNECT (no :protocol) is not a WebSocket request.
+/// let err = switchboard_proto::validate_h2_request(&Method::CONNECT, None, &h).unwrap_err();
+/// assert_eq!(err.status, 400);
+/// ```
+pub fn validate_h2_request(
+    method: &Method,
+    protocol: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<UpgradeRequest, HandshakeError> {
+    if method != Method::CONNECT {
+        return Err(HandshakeError::new(
+            StatusCode::BAD_REQUEST,
+            "WebSocket over HTTP/2 needs an extended CONNECT with :protocol websocket \
+             (RFC 8441); HTTP/2 has no Upgrade header",
+        ));
+    }
+    match protocol {
+        Some(p) if p.eq_ignore_ascii_case("websocket") => {}
+        Some(_) => {
+            return Err(HandshakeError::new(
+                StatusCode::BAD_REQUEST,
+                "unsupported :protocol; this route speaks websocket",
+            ))
+        }
+        None => {
+            return Err(HandshakeError::new(
+                StatusCode::BAD_REQUEST,
+                "CONNECT without :protocol websocket; WebSocket over HTTP/2 needs the \
+                 extended CONNECT of RFC 8441",
+            ))
+        }
+    }
+    let versions: Vec<_> = headers
+        .get_all(header::SEC_WEBSOCKET_VERSION)
+        .iter()
+        .collect();
+    if versions.len() != 1 || versions[0].as_bytes().trim_ascii() != b"13" {
+        return Err(HandshakeError::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "unsupported Sec-WebSocket-Version; this server speaks 13",
+        ));
+    }
+    let protocols = parse_protocols(headers)
+        .map_err(|message| HandshakeError::new(StatusCode::BAD_REQUEST, message))?;
+    let extensions = parse_extensions(headers)
+        .map_err(|message| HandshakeError::new(StatusCode::BAD_REQUEST, message))?;
+    Ok(UpgradeRequest {
+        accept: String::new(),
         protocols,
         extensions,
     })
@@ -416,6 +488,31 @@ mod tests {
         assert_eq!(
             validate_response(StatusCode::FORBIDDEN, &h, key, &[]),
             Err(ClientHandshakeError::Status(StatusCode::FORBIDDEN))
+        );
+    }
+
+    #[test]
+    fn h2_extended_connect() {
+        let mut h = HeaderMap::new();
+        h.insert("sec-websocket-version", "13".parse().unwrap());
+        h.insert(
+            "sec-websocket-extensions",
+            "permessage-deflate".parse().unwrap(),
+        );
+        let r = validate_h2_request(&Method::CONNECT, Some("websocket"), &h).unwrap();
+        assert!(r.accept.is_empty());
+        assert_eq!(r.extensions[0].name, "permessage-deflate");
+        // Case-insensitive protocol token, like the Upgrade header.
+        assert!(validate_h2_request(&Method::CONNECT, Some("WebSocket"), &h).is_ok());
+        let status = |m: Method, p: Option<&str>, h: &HeaderMap| {
+            validate_h2_request(&m, p, h).unwrap_err().status
+        };
+        assert_eq!(status(Method::GET, Some("websocket"), &h), 400);
+        assert_eq!(status(Method::CONNECT, None, &h), 400);
+        assert_eq!(status(Method::CONNECT, Some("webtransport"), &h), 400);
+        assert_eq!(
+            status(Method::CONNECT, Some("websocket"), &HeaderMap::new()),
+            StatusCode::UPGRADE_REQUIRED
         );
     }
 }

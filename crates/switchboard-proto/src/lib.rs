@@ -1,4 +1,5 @@
-//! Sans-IO engine for the WebSocket protocol (RFC 6455).
+//! Sans-IO engine for the WebSocket protocol (RFC 6455) and its
+//! permessage-deflate extension (RFC 7692).
 //!
 //! This crate turns bytes into protocol events and messages into bytes; it
 //! never touches a socket, a timer or an async runtime, so it can be tested
@@ -12,12 +13,16 @@
 //! - [`FrameHeader`], [`Frame`]: header parsing and encoded outgoing frames.
 //! - [`Decoder`]: the incoming state machine enforcing every rule and [`Limits`].
 //! - [`validate_request`] and friends: the opening handshake.
+//! - [`DeflateParams`], [`Deflate`], [`Inflate`]: permessage-deflate (RFC 7692)
+//!   negotiation, compression, and decompression bounded by the message limit.
 //!
 //! # Feature flags
-//! None: the crate is always sans-IO and dependency-light.
+//! None: the crate is always sans-IO and dependency-light (`flate2` with its
+//! pure-Rust `zlib-rs` backend is the one non-trivial dependency).
 
 mod close;
 mod decoder;
+mod deflate;
 mod error;
 mod frame;
 mod handshake;
@@ -27,12 +32,15 @@ mod utf8;
 
 pub use close::{CloseCode, CloseFrame, MAX_CLOSE_REASON};
 pub use decoder::{Decoder, Event, PayloadExtension, Role};
+pub use deflate::{
+    Deflate, DeflateConfig, DeflateParams, DeflateResponseError, Inflate, PERMESSAGE_DEFLATE,
+};
 pub use error::ProtocolError;
 pub use frame::{Frame, FrameHeader, OpCode, MAX_HEADER_LEN};
 pub use handshake::{
-    accept_key, client_key, header_has_token, parse_extensions, parse_protocols, validate_request,
-    validate_response, ClientHandshakeError, ExtensionOffer, HandshakeError, UpgradeRequest,
-    MAX_EXTENSION_PARAMS, MAX_LIST_ITEMS,
+    accept_key, client_key, header_has_token, parse_extensions, parse_protocols,
+    validate_h2_request, validate_request, validate_response, ClientHandshakeError, ExtensionOffer,
+    HandshakeError, UpgradeRequest, MAX_EXTENSION_PARAMS, MAX_LIST_ITEMS,
 };
 pub use limits::Limits;
 pub use mask::apply_mask;

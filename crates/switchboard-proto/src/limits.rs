@@ -35,8 +35,9 @@ impl Limits {
         max_fragments: 1024,
     };
 
-    /// The profile Autobahn's group 9 needs: 16 MiB messages (plus headroom)
-    /// sent in up to 262 144 fragments of 64 bytes.
+    /// The profile Autobahn's group 9 needs: single-frame messages of up to
+    /// 16 MiB (9.1, 9.2; plus headroom) and 4 MiB messages sent in 65 536
+    /// fragments of 64 bytes (9.3, 9.4).
     pub const AUTOBAHN: Limits = Limits {
         max_frame_size: 20 << 20,
         max_message_size: 20 << 20,

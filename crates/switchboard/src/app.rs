@@ -98,6 +98,8 @@ pub(crate) struct AppShared {
     pub(crate) middleware: Vec<Arc<dyn Middleware>>,
     pub(crate) ws_middleware: Vec<Arc<dyn Middleware>>,
     pub(crate) connections: Arc<ConnLimiter>,
+    /// Where connections record metrics; `None` unless [`App::metrics`].
+    pub(crate) metrics: Option<Arc<crate::metrics::Recorder>>,
 }
 
 impl std::fmt::Debug for AppShared {
@@ -157,14 +159,20 @@ impl AppShared {
                 shared: Arc::clone(&self),
             };
             return match &self.fallback {
-                Some(f) => f(cx, body).await,
+                Some(f) => {
+                    let res = f(cx, body).await;
+                    crate::sse::prepare_response(res, &self.going_away, self.metrics.as_ref())
+                }
                 None => error_response(
                     StatusCode::NOT_FOUND,
                     &format!("no route for {} {}", cx.parts.method, path),
                 ),
             };
         };
-        let wants_upgrade = parts.headers.contains_key(header::UPGRADE);
+        // HTTP/1.1 upgrades carry `Upgrade`; HTTP/2 WebSockets arrive as an
+        // extended CONNECT (RFC 8441), which no HTTP route serves.
+        let wants_upgrade =
+            parts.headers.contains_key(header::UPGRADE) || parts.method == Method::CONNECT;
         let http_handler = route
             .methods
             .iter()
@@ -179,7 +187,15 @@ impl AppShared {
         match (&route.websocket, http_handler) {
             (Some(ws_route), h) if wants_upgrade || h.is_none() => {
                 let handler = Arc::clone(&ws_route.handler);
-                ws::upgrade::serve(cx, Arc::clone(&ws_route.config), move |cx| handler(cx)).await
+                let started = std::time::Instant::now();
+                let metrics = self.metrics.clone();
+                let res =
+                    ws::upgrade::serve(cx, Arc::clone(&ws_route.config), move |cx| handler(cx))
+                        .await;
+                if let Some(m) = metrics {
+                    m.handshake(res.status(), started.elapsed());
+                }
+                res
             }
             (_, Some(h)) => {
                 let mut cx = cx;
@@ -196,7 +212,9 @@ impl AppShared {
                     .catch_unwind()
                     .await
                 {
-                    Ok(res) => res,
+                    Ok(res) => {
+                        crate::sse::prepare_response(res, &self.going_away, self.metrics.as_ref())
+                    }
                     Err(panic) => {
                         let msg = ws::upgrade::panic_message(&panic);
                         tracing::error!(path = %path, panic = %msg, "handler panicked");
@@ -252,6 +270,9 @@ pub struct App {
     shutdown: Vec<Hook>,
     middleware: Vec<Arc<dyn Middleware>>,
     ws_middleware: Vec<Arc<dyn Middleware>>,
+    metrics: Option<Arc<crate::metrics::Recorder>>,
+    /// Route documentation and the API documents' settings.
+    pub(crate) docs: crate::docs::DocsState,
 }
 
 impl std::fmt::Debug for App {
@@ -289,6 +310,8 @@ impl App {
             shutdown: Vec::new(),
             middleware: Vec::new(),
             ws_middleware: Vec::new(),
+            metrics: None,
+            docs: crate::docs::DocsState::default(),
         }
     }
 
@@ -321,7 +344,8 @@ impl App {
             "route {method} {path} registered twice"
         );
         let boxed: BoxHandler = Arc::new(move |cx, body| handler.clone().call(cx, body));
-        route.methods.push((method, boxed));
+        route.methods.push((method.clone(), boxed));
+        self.docs.last = Some(crate::docs::DocTarget::Http(method, path.to_owned()));
         self
     }
 
@@ -378,6 +402,7 @@ impl App {
             config: Arc::new(config),
             handler: Arc::new(move |cx| handler.clone().prepare(cx)),
         });
+        self.docs.last = Some(crate::docs::DocTarget::Ws(path.to_owned()));
         self
     }
 
@@ -490,7 +515,28 @@ impl App {
         self
     }
 
+    /// Records metrics into `recorder` (see [`App::metrics`]).
+    pub(crate) fn record_metrics(mut self, recorder: Arc<crate::metrics::Recorder>) -> App {
+        self.metrics = Some(recorder);
+        self
+    }
+
     pub(crate) fn into_shared(self) -> Arc<AppShared> {
+        // The API documents describe the finished route table.
+        let summaries: Vec<crate::docs::RouteSummary> = self
+            .routes
+            .iter()
+            .map(|r| crate::docs::RouteSummary {
+                pattern: r.pattern.as_str().to_owned(),
+                methods: r.methods.iter().map(|(m, _)| m.clone()).collect(),
+                websocket: r.websocket.as_ref().map(|w| w.config.protocols.clone()),
+            })
+            .collect();
+        let this = self.install_docs(&summaries);
+        this.freeze()
+    }
+
+    fn freeze(self) -> Arc<AppShared> {
         Arc::new(AppShared {
             routes: self.routes,
             fallback: self.fallback,
@@ -503,6 +549,7 @@ impl App {
             shutdown: self.shutdown,
             middleware: self.middleware,
             ws_middleware: self.ws_middleware,
+            metrics: self.metrics,
             connections: Arc::new(ConnLimiter::new(
                 self.config.max_connections,
                 self.config.max_connections_per_ip,

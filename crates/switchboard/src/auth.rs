@@ -297,15 +297,26 @@ impl Middleware for JwtAuth {
             return if self.optional {
                 Ok(())
             } else {
+                count_failure(cx, "missing token");
                 Err(self.refuse("missing token".into()))
             };
         };
-        let claims: serde_json::Value = self.verify(&token).map_err(|e| self.refuse(e.0))?;
+        let claims: serde_json::Value = self.verify(&token).map_err(|e| {
+            count_failure(cx, e.reason());
+            self.refuse(e.0)
+        })?;
         if let Some(expiry) = expiry_instant(&claims) {
             cx.extensions_mut().insert(expiry);
         }
         cx.extensions_mut().insert(VerifiedClaims(claims));
         Ok(())
+    }
+}
+
+/// Counts a refused token in the app's metrics, when they are on.
+fn count_failure(cx: &RequestContext, reason: &str) {
+    if let Some(m) = &cx.shared.metrics {
+        m.auth_failure(reason);
     }
 }
 

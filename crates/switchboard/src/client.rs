@@ -8,11 +8,14 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use switchboard_proto::{Decoder, Limits, Role};
+use switchboard_proto::{
+    Decoder, DeflateConfig, DeflateParams, DeflateResponseError, Inflate, Limits, Role,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 use crate::ws::{
+    compress::Negotiated,
     socket::{ConnInfo, ReadState, Receiver, RecvPolicy, Sender, Socket},
     writer::spawn_writer,
 };
@@ -33,6 +36,10 @@ pub enum ConnectError {
     /// The 101 response was invalid (bad accept key, unoffered protocol).
     #[error("invalid handshake response: {0}")]
     InvalidResponse(#[from] switchboard_proto::ClientHandshakeError),
+    /// The 101 response accepted an extension we did not offer, or
+    /// permessage-deflate with parameters we cannot accept (RFC 7692 §7).
+    #[error(transparent)]
+    Extension(#[from] switchboard_proto::DeflateResponseError),
     /// The URL could not be used.
     #[error("invalid url: {0}")]
     Url(String),
@@ -59,6 +66,7 @@ pub struct WsClient {
     headers: HeaderMap,
     protocols: Vec<String>,
     limits: Option<Limits>,
+    compression: Option<DeflateConfig>,
 }
 
 impl WsClient {
@@ -85,6 +93,15 @@ impl WsClient {
     /// Limits for messages from the server (default: [`Limits::DEFAULT`]).
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = Some(limits);
+        self
+    }
+
+    /// Offers permessage-deflate with `config` (default: `None`, no offer).
+    /// When the server accepts, messages of at least the config's threshold
+    /// are compressed and compressed server messages are inflated under
+    /// the client's message limit. See [`Socket::compression`].
+    pub fn compression(mut self, config: Option<DeflateConfig>) -> Self {
+        self.compression = config;
         self
     }
 
@@ -154,6 +171,13 @@ impl WsClient {
                 HeaderValue::from_str(&joined).map_err(|e| ConnectError::Url(e.to_string()))?,
             );
         }
+        if let Some(cfg) = &self.compression {
+            h.insert(
+                header::SEC_WEBSOCKET_EXTENSIONS,
+                HeaderValue::from_str(&cfg.offer())
+                    .map_err(|e| ConnectError::Url(e.to_string()))?,
+            );
+        }
         for (name, value) in &self.headers {
             h.append(name, value.clone());
         }
@@ -179,20 +203,36 @@ impl WsClient {
             &key,
             &self.protocols,
         )?;
+        let answered = switchboard_proto::parse_extensions(res.headers()).map_err(|_| {
+            DeflateResponseError::new("malformed Sec-WebSocket-Extensions in the response")
+        })?;
+        let deflate = match &self.compression {
+            Some(cfg) => DeflateParams::from_response(&answered, cfg)?
+                .map(|params| Negotiated::new(params, Role::Client, cfg)),
+            None if answered.is_empty() => None,
+            None => {
+                return Err(DeflateResponseError::new(
+                    "the server accepted an extension that was not offered",
+                )
+                .into())
+            }
+        };
         let headers = res.headers().clone();
         let upgraded = hyper::upgrade::on(res).await.map_err(io_err)?;
         let (read, write) = tokio::io::split(TokioIo::new(upgraded));
         // Clients answer pings but do not send their own heartbeat.
         let config = crate::ws::WsConfig::default().ping_interval(None);
-        let shared = spawn_writer(
-            Box::new(write),
-            config.writer_options(
-                Role::Client,
-                CancellationToken::new(),
-                CancellationToken::new(),
-            ),
+        let mut writer_options = config.writer_options(
+            Role::Client,
+            CancellationToken::new(),
+            CancellationToken::new(),
         );
-        let decoder = Decoder::new(Role::Client, self.limits.unwrap_or(Limits::DEFAULT));
+        writer_options.deflate = deflate;
+        let shared = spawn_writer(Box::new(write), writer_options);
+        let mut decoder = Decoder::new(Role::Client, self.limits.unwrap_or(Limits::DEFAULT));
+        if let Some(n) = &deflate {
+            decoder.set_extension(Box::new(Inflate::for_connection(&n.params, Role::Client)));
+        }
         let reader = ReadState::new(Box::new(read), decoder, Bytes::new());
         let info = ConnInfo {
             uri: path_and_query.parse().unwrap_or_default(),

@@ -1,4 +1,5 @@
-//! The TCP server: accept loop, HTTP/1.1 connections, graceful shutdown.
+//! The TCP server: accept loop, HTTP/1.1 connections (and, behind TLS,
+//! HTTP/2 ones: see `tls`), graceful shutdown.
 //!
 //! Shutdown, on SIGINT/SIGTERM or the caller's signal: stop accepting, answer
 //! new upgrades with 503, tell every open socket "going away" (1001) and
@@ -11,13 +12,25 @@ use hyper::{server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
-    net::{TcpListener, ToSocketAddrs},
+    net::{TcpListener, TcpStream, ToSocketAddrs},
 };
 
 use crate::app::{App, AppShared};
 
+/// Marks requests that arrived over TLS (for `wss://` in the API docs).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Secure;
+
 /// Serves one HTTP/1.1 connection (and its upgrades) on `io`.
 pub(crate) fn spawn_connection<I>(shared: &Arc<AppShared>, io: I, remote: SocketAddr)
+where
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    spawn_http1(shared, io, remote, false);
+}
+
+/// Serves one HTTP/1.1 connection on `io`; `secure` when `io` is TLS.
+pub(crate) fn spawn_http1<I>(shared: &Arc<AppShared>, io: I, remote: SocketAddr, secure: bool)
 where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -29,8 +42,11 @@ where
         .max_buf_size(shared.config.max_header_bytes)
         .keep_alive(true);
     let svc_shared = Arc::clone(shared);
-    let service = service_fn(move |req| {
+    let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let shared = Arc::clone(&svc_shared);
+        if secure {
+            req.extensions_mut().insert(Secure);
+        }
         async move { Ok::<_, std::convert::Infallible>(shared.handle(req, remote).await) }
     });
     let conn = builder
@@ -99,6 +115,20 @@ impl App {
         listener: TcpListener,
         signal: impl Future<Output = ()> + Send,
     ) -> io::Result<()> {
+        self.run(listener, signal, |shared, stream, remote| {
+            spawn_connection(shared, stream, remote)
+        })
+        .await
+    }
+
+    /// The accept loop and shutdown sequence; `on_accept` serves one
+    /// accepted TCP connection (plain HTTP/1.1, or TLS).
+    pub(crate) async fn run(
+        self,
+        listener: TcpListener,
+        signal: impl Future<Output = ()> + Send,
+        on_accept: impl Fn(&Arc<AppShared>, TcpStream, SocketAddr),
+    ) -> io::Result<()> {
         let shared = self.into_shared();
         shared.run_startup().await;
         tokio::pin!(signal);
@@ -108,7 +138,7 @@ impl App {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, remote)) => {
                         let _ = stream.set_nodelay(true);
-                        spawn_connection(&shared, stream, remote);
+                        on_accept(&shared, stream, remote);
                     }
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.

@@ -49,6 +49,9 @@ use crate::{
     ws::Socket,
 };
 
+mod stream;
+pub use stream::{TestEvent, TestStream};
+
 /// Size of each in-memory pipe; like a socket buffer, it only bounds how
 /// much is in flight, not message sizes.
 const PIPE_BYTES: usize = 256 * 1024;
@@ -188,19 +191,7 @@ impl TestRequest<'_> {
     /// Panics if the in-process connection fails, which only a framework
     /// bug can cause (tests want that loud).
     pub async fn send(self) -> TestResponse {
-        let (io, _) = self.client.connect_pipe();
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-            .await
-            .expect("in-process handshake");
-        tokio::spawn(conn);
-        let mut req = Request::builder()
-            .method(self.method)
-            .uri(&self.path)
-            .header(header::HOST, "testserver")
-            .body(Full::new(self.body))
-            .expect("valid test request");
-        req.headers_mut().extend(self.headers);
-        let res = sender.send_request(req).await.expect("in-process request");
+        let (res, _conn) = self.open().await;
         let status = res.status();
         let headers = res.headers().clone();
         let body = res
@@ -214,6 +205,40 @@ impl TestRequest<'_> {
             headers,
             body,
         }
+    }
+
+    /// Sends the request and returns once the response head arrives, to
+    /// read the body as it streams (Server-Sent Events). Dropping the
+    /// [`TestStream`] closes the connection, as a client going away would.
+    pub async fn stream(self) -> TestStream {
+        let (res, conn) = self.open().await;
+        TestStream::new(res, conn)
+    }
+
+    /// Connects, sends the request, and returns the response head with the
+    /// task driving the connection.
+    async fn open(
+        self,
+    ) -> (
+        http::Response<hyper::body::Incoming>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (io, _) = self.client.connect_pipe();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .expect("in-process handshake");
+        let conn = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut req = Request::builder()
+            .method(self.method)
+            .uri(&self.path)
+            .header(header::HOST, "testserver")
+            .body(Full::new(self.body))
+            .expect("valid test request");
+        req.headers_mut().extend(self.headers);
+        let res = sender.send_request(req).await.expect("in-process request");
+        (res, conn)
     }
 }
 
@@ -279,6 +304,18 @@ impl<'a> TestWsConnect<'a> {
     /// Offers a subprotocol.
     pub fn protocol(mut self, protocol: &str) -> Self {
         self.options = self.options.protocol(protocol);
+        self
+    }
+
+    /// Offers permessage-deflate (see [`WsClient::compression`]).
+    pub fn compression(mut self, config: switchboard_proto::DeflateConfig) -> Self {
+        self.options = self.options.compression(Some(config));
+        self
+    }
+
+    /// Limits for messages from the server (see [`WsClient::limits`]).
+    pub fn limits(mut self, limits: switchboard_proto::Limits) -> Self {
+        self.options = self.options.limits(limits);
         self
     }
 

@@ -5,9 +5,16 @@
 //! on join, leave and publish; remote envelopes come back through the
 //! [`RemoteSink`] the hub attaches. Every envelope carries its origin node
 //! id and a node drops its own, so nothing is delivered twice. The trait is
-//! small on purpose (a NATS backplane would implement the same six calls);
-//! the Redis one lives in the `switchboard-redis` crate, and
+//! small on purpose (a NATS backplane would implement the same calls: room
+//! traffic, presence, history, and two cross-node requests, stats and
+//! close); the Redis one lives in the `switchboard-redis` crate, and
 //! [`MemoryBus`] connects hubs in one process (tests, examples).
+//!
+//! The [`RemoteSink`] is the hub as a backplane sees it: deliver a remote
+//! envelope, report this node's stats, close one of this node's
+//! connections. It holds the hub weakly, so a backplane never keeps a
+//! dropped hub alive, and a backplane must not call it while holding a lock
+//! of its own (the hub calls the backplane under the hub lock).
 //!
 //! Contract for implementors: [`Backplane::publish`] must take its place in
 //! the outgoing order *when called* (not when its future is polled), so a
@@ -24,10 +31,12 @@ use std::{
 };
 
 use bytes::Bytes;
-use serde::Serialize;
-use switchboard_proto::OpCode;
+use serde::{Deserialize, Serialize};
+use switchboard_proto::{CloseFrame, OpCode};
 
-use super::{ConnId, HistoryEntry, PresenceInfo, RecoveryError, StreamPosition};
+use super::{
+    ConnId, HistoryEntry, Hub, HubStats, Inner, PresenceInfo, RecoveryError, StreamPosition,
+};
 
 /// A boxed future returned by backplane calls.
 pub type BackplaneFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -63,7 +72,7 @@ pub struct Published {
 pub struct BackplaneError(pub String);
 
 /// A backplane's view of its own health.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackplaneHealth {
     /// Connected and its subscriptions confirmed live.
     pub healthy: bool,
@@ -76,10 +85,21 @@ pub struct BackplaneHealth {
     pub publish_errors: u64,
 }
 
-/// Hands remote envelopes to the hub that attached it.
+/// One node's answer to a cluster-wide stats request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStats {
+    /// The node's id.
+    pub node: String,
+    /// Its hub's stats; `None` when the node is registered as alive but did
+    /// not answer in time.
+    pub stats: Option<HubStats>,
+}
+
+/// The hub that attached a backplane, as the backplane sees it: where
+/// remote envelopes go, and the local side of cross-node requests.
 #[derive(Clone)]
 pub struct RemoteSink {
-    pub(super) deliver: Arc<dyn Fn(Envelope) + Send + Sync>,
+    hub: Weak<Inner>,
 }
 
 impl fmt::Debug for RemoteSink {
@@ -92,13 +112,28 @@ impl RemoteSink {
     /// Delivers an envelope from another node to this node's local members.
     /// Envelopes whose origin is this node are ignored by the hub.
     pub fn deliver(&self, envelope: Envelope) {
-        (self.deliver)(envelope)
+        if let Some(hub) = self.hub() {
+            hub.deliver_remote(envelope);
+        }
     }
 
-    pub(super) fn new(f: impl Fn(Envelope) + Send + Sync + 'static) -> Self {
-        RemoteSink {
-            deliver: Arc::new(f),
-        }
+    /// This node's stats (`None` once the hub is gone).
+    pub fn local_stats(&self) -> Option<HubStats> {
+        self.hub().map(|hub| hub.stats())
+    }
+
+    /// Closes this node's connection `conn` with `frame`; false if there
+    /// is no such connection.
+    pub fn close_local(&self, conn: ConnId, frame: &CloseFrame) -> bool {
+        self.hub().is_some_and(|hub| hub.close(conn, frame))
+    }
+
+    fn hub(&self) -> Option<Hub> {
+        self.hub.upgrade().map(|inner| Hub { inner })
+    }
+
+    pub(super) fn new(hub: Weak<Inner>) -> Self {
+        RemoteSink { hub }
     }
 }
 
@@ -141,6 +176,18 @@ pub trait Backplane: Send + Sync + 'static {
 
     /// Current health.
     fn health(&self) -> BackplaneHealth;
+
+    /// Every live node's stats, this node's included (through the sink).
+    fn cluster_stats(&self) -> BackplaneFuture<Result<Vec<NodeStats>, BackplaneError>>;
+
+    /// Closes connection `conn` on node `node` with `frame`, wherever that
+    /// node is; `Ok(false)` when there is no such node or connection.
+    fn close(
+        &self,
+        node: &str,
+        conn: ConnId,
+        frame: CloseFrame,
+    ) -> BackplaneFuture<Result<bool, BackplaneError>>;
 }
 
 /// An in-process backplane: hubs attached to the same bus behave as nodes
@@ -230,6 +277,19 @@ impl MemoryBus {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BusState> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every live node with its sink (if attached).
+    fn sinks(&self) -> Vec<(Arc<str>, Option<RemoteSink>)> {
+        self.lock()
+            .nodes
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|n| {
+                let sink = n.sink.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                (Arc::clone(&n.id), sink)
+            })
+            .collect()
     }
 }
 
@@ -331,8 +391,9 @@ impl Backplane for MemoryNode {
             .map(|r| {
                 r.presence
                     .iter()
-                    .map(|((_, conn), meta)| PresenceInfo {
+                    .map(|((node, conn), meta)| PresenceInfo {
                         conn: *conn,
+                        node: Some(node.as_str().into()),
                         meta: Arc::clone(meta),
                     })
                     .collect()
@@ -378,5 +439,36 @@ impl Backplane for MemoryNode {
                 .len(),
             publish_errors: 0,
         }
+    }
+
+    fn cluster_stats(&self) -> BackplaneFuture<Result<Vec<NodeStats>, BackplaneError>> {
+        // Sinks are collected first: a hub's stats take its own lock, never
+        // while the bus lock is held.
+        let stats = self
+            .bus
+            .sinks()
+            .into_iter()
+            .map(|(node, sink)| NodeStats {
+                node: node.to_string(),
+                stats: sink.and_then(|s| s.local_stats()),
+            })
+            .collect();
+        Box::pin(async move { Ok(stats) })
+    }
+
+    fn close(
+        &self,
+        node: &str,
+        conn: ConnId,
+        frame: CloseFrame,
+    ) -> BackplaneFuture<Result<bool, BackplaneError>> {
+        let closed = self
+            .bus
+            .sinks()
+            .into_iter()
+            .find(|(id, _)| **id == *node)
+            .and_then(|(_, sink)| sink)
+            .is_some_and(|sink| sink.close_local(conn, &frame));
+        Box::pin(async move { Ok(closed) })
     }
 }

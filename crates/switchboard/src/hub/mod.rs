@@ -14,9 +14,16 @@
 //! unaffected. One `std::sync::Mutex` guards the tables; it also serializes
 //! broadcasts to a room, which is what keeps every member's copy in the same
 //! order.
+//!
+//! permessage-deflate keeps this frame-once where the parameters allow:
+//! recipients that compress every message on its own (server no context
+//! takeover, the default) share one compressed frame per window size and
+//! level, compressed once per broadcast; recipients with context takeover
+//! get the plain frame and their writer compresses it in their own stream.
 
 mod backplane;
 mod room;
+mod subscription;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -33,12 +40,17 @@ use tokio::sync::broadcast;
 
 pub use backplane::{
     Backplane, BackplaneError, BackplaneFuture, BackplaneHealth, Envelope, MemoryBus, MemoryNode,
-    Published, RemoteSink,
+    NodeStats, Published, RemoteSink,
 };
 pub use room::HistoryEntry;
 use room::{Room, RoomMember};
+use subscription::Recipient;
+pub use subscription::{Subscription, SubscriptionItem};
 
-use crate::{error::Error, ws::Message, ws::Sender};
+use crate::{
+    error::Error,
+    ws::{compress::BroadcastFrames, Message, Sender},
+};
 
 /// A connection's id in the hub.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -133,12 +145,16 @@ pub enum PresenceKind {
 pub struct PresenceInfo {
     /// The connection.
     pub conn: ConnId,
+    /// The node it is connected to, when clustered (connection ids are
+    /// per node: `(node, conn)` names a connection in the cluster).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<Arc<str>>,
     /// Its metadata.
     pub meta: Arc<serde_json::Value>,
 }
 
 /// Counts, as in the seeds' `get_stats()`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct HubStats {
     /// Connected sockets.
     pub connections: usize,
@@ -155,6 +171,19 @@ pub struct HubStats {
     pub backplane: Option<BackplaneHealth>,
     /// Backplane publishes that failed since start.
     pub backplane_errors: u64,
+}
+
+/// The cluster's counts: every node's [`HubStats`] and their sums.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ClusterStats {
+    /// Connected sockets on all nodes that answered.
+    pub connections: usize,
+    /// Members per room, summed over those nodes.
+    pub rooms: BTreeMap<String, usize>,
+    /// Each answering node's own stats, by node id.
+    pub nodes: BTreeMap<String, HubStats>,
+    /// Nodes registered as alive that did not answer in time.
+    pub unanswered: Vec<String>,
 }
 
 /// Where a client was in a room's stream: the last offset it saw and the
@@ -207,7 +236,8 @@ pub struct Joined {
 }
 
 struct Conn {
-    sender: Sender,
+    /// A socket's sender or a [`Subscription`]'s queue.
+    sender: Recipient,
     rooms: Vec<Arc<str>>,
     meta: Arc<serde_json::Value>,
 }
@@ -316,12 +346,7 @@ impl Hub {
             broadcasts: AtomicU64::new(0),
             deliveries: AtomicU64::new(0),
         });
-        let weak = Arc::downgrade(&inner);
-        backplane.attach(RemoteSink::new(move |envelope| {
-            if let Some(inner) = weak.upgrade() {
-                Hub { inner }.deliver_remote(envelope);
-            }
-        }));
+        backplane.attach(RemoteSink::new(Arc::downgrade(&inner)));
         Hub { inner }
     }
 
@@ -351,8 +376,8 @@ impl Hub {
             // Follow the cluster's numbering for the local copy.
             r.offset = offset.saturating_sub(1);
         }
-        r.record(&frame, keep);
-        self.fan_out(&frame, r.members.iter().map(|m| &m.sender));
+        let offset = r.record(&frame, keep);
+        self.fan_out(&frame, Some(offset), r.members.iter().map(|m| &m.sender));
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -368,7 +393,14 @@ impl Hub {
 
     /// Registers a socket with presence metadata (e.g. `{"user": "ann"}`).
     pub fn connect_with_meta(&self, sender: Sender, meta: serde_json::Value) -> Member {
-        let id = ConnId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
+        self.register(self.next_conn_id(), Recipient::Socket(sender), meta)
+    }
+
+    fn next_conn_id(&self) -> ConnId {
+        ConnId(self.inner.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn register(&self, id: ConnId, sender: Recipient, meta: serde_json::Value) -> Member {
         self.lock().conns.insert(
             id,
             Conn {
@@ -530,7 +562,12 @@ impl Hub {
     /// Queues `frame` on `sender`, closing it as a slow consumer if its
     /// queue is full. Returns (delivered, slow).
     fn offer(&self, sender: &Sender, frame: &Frame) -> (usize, usize) {
-        match sender.try_send_frame(frame.clone()) {
+        self.settle(sender, sender.try_send_frame(frame.clone()))
+    }
+
+    /// Counts one queue attempt, closing a slow consumer.
+    fn settle(&self, sender: &Sender, queued: Result<(), Error>) -> (usize, usize) {
+        match queued {
             Ok(()) => (1, 0),
             Err(e) if e.is_capacity() => {
                 sender.shared.terminate(slow_consumer_close());
@@ -543,10 +580,32 @@ impl Hub {
         }
     }
 
-    fn fan_out<'a>(&self, frame: &Frame, senders: impl Iterator<Item = &'a Sender>) -> Delivery {
+    fn fan_out<'a>(
+        &self,
+        frame: &Frame,
+        offset: Option<u64>,
+        recipients: impl Iterator<Item = &'a Recipient>,
+    ) -> Delivery {
         let mut d = Delivery::default();
-        for s in senders {
-            let (ok, slow) = self.offer(s, frame);
+        // permessage-deflate stays frame-once: recipients that compress each
+        // message on its own share one compressed frame per parameter set
+        // (made here, under the lock, at most once per set); the others get
+        // the plain frame and their writer decides.
+        let mut frames = BroadcastFrames::new(frame);
+        for r in recipients {
+            let s = match r {
+                Recipient::Socket(s) => s,
+                Recipient::Stream(q) => {
+                    let (ok, slow) = self.offer_stream(q, frame, offset);
+                    d.delivered += ok;
+                    d.slow += slow;
+                    continue;
+                }
+            };
+            let (ok, slow) = match frames.for_recipient(s.shared.deflate.as_ref()) {
+                Some(ready) => self.settle(s, s.shared.try_send_ready(ready.clone())),
+                None => self.offer(s, frame),
+            };
             d.delivered += ok;
             d.slow += slow;
         }
@@ -570,7 +629,7 @@ impl Hub {
             }
         };
         let st = self.lock();
-        self.fan_out(&frame, st.conns.values().map(|c| &c.sender))
+        self.fan_out(&frame, None, st.conns.values().map(|c| &c.sender))
     }
 
     /// Sends to every member of `room`.
@@ -684,6 +743,7 @@ impl Hub {
         let offset = r.record(&frame, keep);
         let mut d = self.fan_out(
             &frame,
+            Some(offset),
             r.members
                 .iter()
                 .filter(|m| Some(m.id) != except)
@@ -737,6 +797,61 @@ impl Hub {
         }
     }
 
+    /// Closes this node's connection `id` with `frame` (the close handshake
+    /// starts; the connection leaves its rooms when its handler returns).
+    /// False if there is no such connection.
+    pub fn close(&self, id: ConnId, frame: &CloseFrame) -> bool {
+        let st = self.lock();
+        match st.conns.get(&id) {
+            Some(c) => {
+                c.sender.close(frame.code, &frame.reason);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Closes connection `conn` on node `node`, wherever it is in the
+    /// cluster (on this node when not clustered or when `node` is this
+    /// node). `Ok(false)`: no such node or connection.
+    pub async fn cluster_close(
+        &self,
+        node: &str,
+        conn: ConnId,
+        frame: CloseFrame,
+    ) -> Result<bool, BackplaneError> {
+        match &self.inner.backplane {
+            Some(bp) if bp.node_id() != node => bp.close(node, conn, frame).await,
+            _ => Ok(self.close(conn, &frame)),
+        }
+    }
+
+    /// Stats of every node in the cluster, and their sums (this node's
+    /// alone when not clustered).
+    pub async fn cluster_stats(&self) -> Result<ClusterStats, BackplaneError> {
+        let nodes = match &self.inner.backplane {
+            Some(bp) => bp.cluster_stats().await?,
+            None => vec![NodeStats {
+                node: String::new(),
+                stats: Some(self.stats()),
+            }],
+        };
+        let mut total = ClusterStats::default();
+        for n in nodes {
+            match n.stats {
+                Some(s) => {
+                    total.connections += s.connections;
+                    for (room, count) in &s.rooms {
+                        *total.rooms.entry(room.clone()).or_insert(0) += count;
+                    }
+                    total.nodes.insert(n.node, s);
+                }
+                None => total.unanswered.push(n.node),
+            }
+        }
+        Ok(total)
+    }
+
     fn publish_message(&self, room: &str, msg: Message, except: Option<ConnId>) -> Delivery {
         match encode(msg) {
             Ok(frame) => self.publish_frame(room, frame, except),
@@ -759,13 +874,14 @@ impl Hub {
         };
         let st = self.lock();
         match st.conns.get(&id) {
-            Some(c) => self.offer(&c.sender, &frame).0 == 1,
+            Some(c) => self.offer_to(&c.sender, &frame, None).0 == 1,
             None => false,
         }
     }
 
     /// Members of `room` with their metadata.
     pub fn members(&self, room: &str) -> Vec<PresenceInfo> {
+        let node: Option<Arc<str>> = self.inner.backplane.as_ref().map(|bp| bp.node_id().into());
         let st = self.lock();
         st.rooms
             .get(room)
@@ -774,6 +890,7 @@ impl Hub {
                     .iter()
                     .map(|m| PresenceInfo {
                         conn: m.id,
+                        node: node.clone(),
                         meta: Arc::clone(&m.meta),
                     })
                     .collect()
@@ -952,7 +1069,7 @@ impl Member {
         };
         entries
             .iter()
-            .map(|e| self.hub.offer(&conn.sender, &e.frame).0)
+            .map(|e| self.hub.offer_to(&conn.sender, &e.frame, Some(e.offset)).0)
             .sum()
     }
 }

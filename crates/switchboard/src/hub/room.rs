@@ -9,13 +9,13 @@ use std::{collections::HashMap, collections::VecDeque, sync::Arc};
 
 use switchboard_proto::Frame;
 
-use crate::{hub::ConnId, ws::Sender};
+use crate::hub::{subscription::Recipient, ConnId};
 
 /// A member's entry in a room.
 #[derive(Debug, Clone)]
 pub(crate) struct RoomMember {
     pub(crate) id: ConnId,
-    pub(crate) sender: Sender,
+    pub(crate) sender: Recipient,
     pub(crate) meta: Arc<serde_json::Value>,
 }
 
@@ -28,6 +28,12 @@ pub struct HistoryEntry {
 }
 
 impl HistoryEntry {
+    /// An entry for the message `frame` at `offset` (backplanes build them
+    /// from the cluster's history).
+    pub fn new(offset: u64, frame: Frame) -> HistoryEntry {
+        HistoryEntry { offset, frame }
+    }
+
     /// The encoded frame, ready to queue on a socket.
     pub fn frame(&self) -> &Frame {
         &self.frame

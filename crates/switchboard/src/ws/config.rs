@@ -1,9 +1,9 @@
 //! Per-route WebSocket settings: subprotocols, origin policy, limits, queue
-//! size and close timeout.
+//! size, close timeout and permessage-deflate.
 
 use std::{fmt, sync::Arc, time::Duration};
 
-use switchboard_proto::Limits;
+use switchboard_proto::{DeflateConfig, Limits};
 
 use crate::{middleware::Middleware, ratelimit::RateLimit};
 
@@ -77,6 +77,7 @@ pub struct WsConfig {
     pub(crate) rate_limit: Option<RateLimit>,
     pub(crate) max_control_per_sec: u32,
     pub(crate) middleware: Vec<Arc<dyn Middleware>>,
+    pub(crate) compression: Option<DeflateConfig>,
 }
 
 impl fmt::Debug for WsConfig {
@@ -90,6 +91,7 @@ impl fmt::Debug for WsConfig {
             .field("idle_timeout", &self.idle_timeout)
             .field("rate_limit", &self.rate_limit)
             .field("middleware", &self.middleware.len())
+            .field("compression", &self.compression)
             .finish_non_exhaustive()
     }
 }
@@ -119,6 +121,9 @@ impl Default for WsConfig {
             // flood cannot make us spend our time writing pongs.
             max_control_per_sec: 100,
             middleware: Vec::new(),
+            // Off: compression costs CPU per message and memory per
+            // connection; apps opt in (see `compression`).
+            compression: None,
         }
     }
 }
@@ -238,6 +243,30 @@ impl WsConfig {
         self
     }
 
+    /// Negotiates permessage-deflate (RFC 7692) with clients that offer it
+    /// (default: `None`, off). Browsers and most client libraries offer it.
+    ///
+    /// With [`DeflateConfig::default()`]: the server compresses messages of
+    /// 1024 bytes or more at level 1, each on its own
+    /// (`server_no_context_takeover`), so a hub broadcast is compressed once
+    /// and the same frame goes to every recipient with equal parameters,
+    /// and no compressor is held per connection (one per thread and window
+    /// size instead, ~370 KiB each). Clients may keep their window (context
+    /// takeover), which costs an inflater of ~46 KiB per connection that
+    /// sends a compressed message. Incoming messages are inflated under
+    /// `max_message_size`: a decompression bomb closes with 1009 before it
+    /// grows; corrupt deflate data closes with 1007. See
+    /// `docs/compression.md`.
+    ///
+    /// ```
+    /// use switchboard::{proto::DeflateConfig, WsConfig};
+    /// let cfg = WsConfig::default().compression(Some(DeflateConfig::default().threshold(256)));
+    /// ```
+    pub fn compression(mut self, config: Option<DeflateConfig>) -> Self {
+        self.compression = config;
+        self
+    }
+
     pub(crate) fn writer_options(
         &self,
         role: switchboard_proto::Role,
@@ -254,6 +283,8 @@ impl WsConfig {
             idle_timeout: self.idle_timeout,
             going_away,
             force,
+            deflate: None,
+            metrics: None,
         }
     }
 }

@@ -1,5 +1,7 @@
-//! WebSocket routes: the upgrade, the socket API, the writer, event style.
+//! WebSocket routes: the upgrade, the socket API, the writer, outgoing
+//! compression, event style.
 
+pub(crate) mod compress;
 pub(crate) mod config;
 pub(crate) mod events;
 pub(crate) mod message;

@@ -22,7 +22,9 @@ use bytes::{Bytes, BytesMut};
 use futures_core::Stream;
 use http::{HeaderMap, Uri};
 use serde::{de::DeserializeOwned, Serialize};
-use switchboard_proto::{CloseCode, CloseFrame, Decoder, Event, Frame, OpCode, Role};
+use switchboard_proto::{
+    CloseCode, CloseFrame, Decoder, DeflateParams, Event, Frame, OpCode, Role,
+};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::{
@@ -131,11 +133,10 @@ pub struct Sender {
 }
 
 impl Sender {
+    /// A plain frame: the writer task compresses it (permessage-deflate)
+    /// and, for a client, masks it, in wire order.
     fn frame(&self, opcode: OpCode, payload: Bytes) -> Frame {
-        match self.shared.role {
-            Role::Server => Frame::new(opcode, true, false, payload),
-            Role::Client => Frame::masked(opcode, true, false, &payload, rand::random()),
-        }
+        Frame::new(opcode, true, false, payload)
     }
 
     /// Sends a text message.
@@ -199,6 +200,11 @@ impl Sender {
     /// Whether messages can still be sent (no close sent, connection up).
     pub fn is_open(&self) -> bool {
         self.shared.is_open()
+    }
+
+    /// The permessage-deflate parameters in force, if it was negotiated.
+    pub fn compression(&self) -> Option<DeflateParams> {
+        self.shared.deflate.map(|n| n.params)
     }
 }
 
@@ -280,7 +286,9 @@ impl Receiver {
                     .unwrap_or_else(|| CloseFrame::new(CloseCode::ABNORMAL, ""));
                 return Err(Error::disconnect(ended));
             };
-            let killed = self.shared.killed.clone();
+            // Borrowed, not cloned: a clone and its drop each lock the
+            // token's tree node, on every message.
+            let killed = &self.shared.killed;
             let event = tokio::select! {
                 biased;
                 _ = killed.cancelled() => None,
@@ -321,6 +329,9 @@ impl Receiver {
                         CloseCode::ABNORMAL,
                         "connection closed without a close frame",
                     );
+                    if let Some(m) = &self.shared.metrics {
+                        m.close_frame(false, CloseCode::ABNORMAL);
+                    }
                     self.end(frame.clone());
                     return Err(Error::disconnect(frame));
                 }
@@ -336,13 +347,21 @@ impl Receiver {
                     return Err(self.breach("control frame flood"));
                 }
                 Some(Event::Text(bytes)) => {
+                    if let Some(m) = &self.shared.metrics {
+                        m.received(bytes.len());
+                    }
                     // The decoder validated UTF-8; this re-check is a cheap
                     // SIMD pass that keeps the crate free of `unsafe`.
                     let text = String::from_utf8(bytes.to_vec())
                         .map_err(|_| Error::from(switchboard_proto::ProtocolError::InvalidUtf8))?;
                     return Ok(Message::Text(text));
                 }
-                Some(Event::Binary(bytes)) => return Ok(Message::Binary(bytes)),
+                Some(Event::Binary(bytes)) => {
+                    if let Some(m) = &self.shared.metrics {
+                        m.received(bytes.len());
+                    }
+                    return Ok(Message::Binary(bytes));
+                }
                 Some(Event::Ping(payload)) => {
                     self.shared.saw_peer(false);
                     let pong = match self.shared.role {
@@ -360,6 +379,9 @@ impl Receiver {
                     let reported = frame
                         .clone()
                         .unwrap_or_else(|| CloseFrame::new(CloseCode::NO_STATUS, ""));
+                    if let Some(m) = &self.shared.metrics {
+                        m.close_frame(false, reported.code);
+                    }
                     self.end(reported);
                     return Ok(Message::Close(frame));
                 }
@@ -377,7 +399,11 @@ impl Receiver {
         if bucket.try_take(Instant::now()) {
             return true;
         }
-        if *policy == RateLimitPolicy::Close {
+        let close = *policy == RateLimitPolicy::Close;
+        if let Some(m) = &self.shared.metrics {
+            m.rate_limited(close);
+        }
+        if close {
             let _ = self.breach("rate limit exceeded");
         }
         false
@@ -678,6 +704,13 @@ impl Socket {
     /// The negotiated subprotocol.
     pub fn protocol(&self) -> Option<&str> {
         self.info.protocol.as_deref()
+    }
+
+    /// The negotiated permessage-deflate parameters (`None`: messages go
+    /// uncompressed). Outgoing messages are compressed by the connection's
+    /// writer; incoming ones are inflated before `recv` returns them.
+    pub fn compression(&self) -> Option<DeflateParams> {
+        self.sender.compression()
     }
 
     /// A path parameter by name.

@@ -2,9 +2,12 @@
 //! handler with an accepted [`Socket`].
 //!
 //! The route checks the handshake (RFC 6455 §4.2.1), the origin policy and
-//! the subprotocol offer, runs the handler's extractors, then spawns the
+//! the subprotocol offer (and `accept` negotiates permessage-deflate when
+//! the route enables it), runs the handler's extractors, then spawns the
 //! handler with a [`WebSocket`]. The HTTP response is whatever the handler
-//! decides first: `accept()` answers 101 and completes the upgrade;
+//! decides first: `accept()` answers 101 and completes the upgrade (over
+//! HTTP/2, an extended CONNECT stream of RFC 8441, it answers 200 and the
+//! stream becomes the socket, with the same engine and handlers);
 //! `reject()` or `close()` before accepting answers with an HTTP error (403
 //! by default, as Starlette does); returning without accepting answers 403,
 //! or 500 if the handler failed. After the handler ends, an open socket is
@@ -17,7 +20,9 @@ use futures_util::FutureExt;
 use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
-use switchboard_proto::{CloseCode, CloseFrame, Decoder, Role, UpgradeRequest};
+use switchboard_proto::{
+    CloseCode, CloseFrame, Decoder, DeflateParams, Inflate, Role, UpgradeRequest,
+};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpStream,
@@ -32,6 +37,7 @@ use crate::{
     middleware::Reject,
     response::{error_response, Body, IntoResponse, Response},
     ws::{
+        compress::Negotiated,
         config::WsConfig,
         socket::{linger, lookup, ConnInfo, ReadState, Receiver, RecvPolicy, Sender, Socket},
         writer::{spawn_writer, Slot},
@@ -55,6 +61,8 @@ pub struct WebSocket {
     app: Arc<AppShared>,
     extensions: http::Extensions,
     accepted: Arc<std::sync::OnceLock<Arc<super::writer::Shared>>>,
+    /// An HTTP/2 extended CONNECT (RFC 8441): accept answers 200, not 101.
+    over_h2: bool,
 }
 
 /// Options for [`WebSocket::accept_with`].
@@ -109,19 +117,39 @@ impl WebSocket {
             .take()
             .ok_or_else(|| Error::handshake("the connection cannot be upgraded"))?;
         let mut res = http::Response::new(Body::empty());
-        *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        if self.over_h2 {
+            // RFC 8441 §5: a 200 answers the extended CONNECT and the stream
+            // carries the frames; there is no key, accept or Upgrade header.
+            *res.status_mut() = StatusCode::OK;
+        } else {
+            *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            let h = res.headers_mut();
+            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            h.insert(
+                header::SEC_WEBSOCKET_ACCEPT,
+                HeaderValue::from_str(&self.request.accept)
+                    .map_err(|_| Error::handshake("invalid accept key"))?,
+            );
+        }
         let h = res.headers_mut();
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        h.insert(
-            header::SEC_WEBSOCKET_ACCEPT,
-            HeaderValue::from_str(&self.request.accept)
-                .map_err(|_| Error::handshake("invalid accept key"))?,
-        );
         if let Some(p) = &protocol {
             h.insert(
                 header::SEC_WEBSOCKET_PROTOCOL,
                 HeaderValue::from_str(p).map_err(|_| Error::handshake("invalid subprotocol"))?,
+            );
+        }
+        // permessage-deflate: the first acceptable offer, if the route
+        // enables compression.
+        let deflate = self.config.compression.as_ref().and_then(|cfg| {
+            DeflateParams::negotiate(&self.request.extensions, cfg)
+                .map(|params| Negotiated::new(params, Role::Server, cfg))
+        });
+        if let Some(n) = &deflate {
+            h.insert(
+                header::SEC_WEBSOCKET_EXTENSIONS,
+                HeaderValue::from_str(&n.params.header_value())
+                    .map_err(|_| Error::handshake("invalid extension answer"))?,
             );
         }
         h.extend(options.headers);
@@ -132,20 +160,21 @@ impl WebSocket {
             .await
             .map_err(|e| Error::handshake(format!("upgrade failed: {e}")))?;
         let (read, write, leftover) = split_io(upgraded);
-        let shared = spawn_writer(
-            write,
-            self.config.writer_options(
-                Role::Server,
-                self.app.going_away.child_token(),
-                self.app.force_close.child_token(),
-            ),
+        let mut writer_options = self.config.writer_options(
+            Role::Server,
+            self.app.going_away.child_token(),
+            self.app.force_close.child_token(),
         );
+        writer_options.deflate = deflate;
+        writer_options.metrics = self.app.metrics.clone();
+        let shared = spawn_writer(write, writer_options);
         let _ = self.accepted.set(Arc::clone(&shared));
-        let reader = ReadState::new(
-            read,
-            Decoder::new(Role::Server, self.config.limits),
-            leftover,
-        );
+        let mut decoder = Decoder::new(Role::Server, self.config.limits);
+        if let Some(n) = &deflate {
+            // Inflates under `limits.max_message_size` (bomb-safe).
+            decoder.set_extension(Box::new(Inflate::for_connection(&n.params, Role::Server)));
+        }
+        let reader = ReadState::new(read, decoder, leftover);
         self.info.protocol = protocol;
         let mut socket = Socket::new(
             Sender {
@@ -246,6 +275,26 @@ fn choose_protocol(supported: &[String], offered: &[String]) -> Option<String> {
     offered.iter().find(|p| supported.contains(p)).cloned()
 }
 
+/// Copies header values into allocations of their own. hyper parses them as
+/// slices of its connection read buffer (8 KiB), so keeping the originals
+/// for the socket's lifetime would keep that whole buffer alive per
+/// connection (measured: 8 KiB of RSS per idle socket).
+fn detach_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let mut copy = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+        copy.set_sensitive(value.is_sensitive());
+        out.append(name.clone(), copy);
+    }
+    out
+}
+
+/// The request URI without references into hyper's read buffer (see
+/// [`detach_headers`]).
+fn detach_uri(uri: &Uri) -> Uri {
+    Uri::try_from(uri.to_string()).unwrap_or_else(|_| uri.clone())
+}
+
 /// Splits the upgraded connection into owned halves. A plain TCP stream is
 /// unwrapped so reads and writes need no lock between them.
 fn split_io(
@@ -277,11 +326,20 @@ pub(crate) async fn serve(
     if app.is_draining() {
         return error_response(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down");
     }
-    let request = match switchboard_proto::validate_request(
-        &cx.parts.method,
-        cx.parts.version,
-        &cx.parts.headers,
-    ) {
+    // HTTP/2 carries WebSockets on extended CONNECT streams (RFC 8441);
+    // the server only sees those when the TLS listener enabled them.
+    let over_h2 = cx.parts.version == http::Version::HTTP_2;
+    let validated = if over_h2 {
+        let protocol = cx
+            .parts
+            .extensions
+            .get::<hyper::ext::Protocol>()
+            .map(hyper::ext::Protocol::as_str);
+        switchboard_proto::validate_h2_request(&cx.parts.method, protocol, &cx.parts.headers)
+    } else {
+        switchboard_proto::validate_request(&cx.parts.method, cx.parts.version, &cx.parts.headers)
+    };
+    let request = match validated {
         Ok(r) => r,
         Err(e) => {
             let mut res = error_response(e.status, e.message);
@@ -363,8 +421,8 @@ pub(crate) async fn serve(
     let accepted = Arc::new(std::sync::OnceLock::new());
     let ws = WebSocket {
         info: ConnInfo {
-            uri: cx.parts.uri.clone(),
-            headers: std::mem::take(&mut cx.parts.headers),
+            uri: detach_uri(&cx.parts.uri),
+            headers: detach_headers(&cx.parts.headers),
             params: std::mem::take(&mut cx.params),
             query,
             remote: cx.remote,
@@ -377,6 +435,7 @@ pub(crate) async fn serve(
         app: Arc::clone(&app),
         extensions: std::mem::take(&mut cx.parts.extensions),
         accepted: Arc::clone(&accepted),
+        over_h2,
     };
     let path = ws.info.uri.path().to_owned();
     let force = app.force_close.clone();

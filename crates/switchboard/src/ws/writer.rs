@@ -8,7 +8,10 @@
 //! bounded by accounting (`queued`): async `send` waits for room, `try_send`
 //! fails at once, which is what a broadcast needs (it must never wait on a
 //! slow recipient). Frames are `switchboard_proto::Frame`s, whose payload is a
-//! shared `Bytes`, so one encoded frame can sit in many queues.
+//! shared `Bytes`, so one encoded frame can sit in many queues. With
+//! permessage-deflate the task also compresses eligible messages as it
+//! takes them off the queue (see `compress.rs` for why here), and for a
+//! client it masks whatever `Sender` queued unmasked.
 //!
 //! [`Sender`]: crate::ws::Sender
 
@@ -31,7 +34,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     error::{Error, Kind},
-    ws::socket::ReadState,
+    metrics::Recorder,
+    ws::{
+        compress::{Compressor, Negotiated},
+        socket::ReadState,
+    },
 };
 
 /// Most frames gathered into one `writev` (Linux allows 1024 iovecs; two per
@@ -42,6 +49,9 @@ const MAX_BATCH_BYTES: usize = 256 * 1024;
 
 pub(crate) enum Command {
     Frame(Frame),
+    /// A frame already in its compressed-or-not final form (a shared
+    /// broadcast frame): never compressed again.
+    Ready(Frame),
     /// Flush, half-close the TCP stream and stop.
     Shutdown,
 }
@@ -86,6 +96,11 @@ pub(crate) struct Shared {
     /// Milliseconds since `epoch` after which the connection's credentials
     /// expire (`u64::MAX`: never).
     expires_at: AtomicU64,
+    /// The negotiated permessage-deflate parameters (read by the hub to
+    /// share one compressed broadcast frame among equal recipients).
+    pub(crate) deflate: Option<Negotiated>,
+    /// Where the connection records metrics (`None`: off).
+    pub(crate) metrics: Option<Arc<Recorder>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -112,15 +127,28 @@ impl Shared {
     }
 
     fn push(&self, frame: Frame) -> Result<(), Error> {
+        self.push_command(frame, Command::Frame)
+    }
+
+    fn push_command(&self, frame: Frame, command: fn(Frame) -> Command) -> Result<(), Error> {
         self.queued.fetch_add(frame.wire_len(), Ordering::AcqRel);
         self.tx
-            .send(Command::Frame(frame))
+            .send(command(frame))
             .map_err(|_| self.closed_error())
     }
 
     /// Queues a data frame without waiting; fails when the queue is over its
     /// byte limit (the caller decides what a slow consumer deserves).
     pub(crate) fn try_send(&self, frame: Frame) -> Result<(), Error> {
+        self.try_send_as(frame, Command::Frame)
+    }
+
+    /// As `try_send`, for a frame the writer must not compress again.
+    pub(crate) fn try_send_ready(&self, frame: Frame) -> Result<(), Error> {
+        self.try_send_as(frame, Command::Ready)
+    }
+
+    fn try_send_as(&self, frame: Frame, command: fn(Frame) -> Command) -> Result<(), Error> {
         if !self.is_open() {
             return Err(self.closed_error());
         }
@@ -131,11 +159,20 @@ impl Shared {
                 limit: self.max_queue_bytes,
             }));
         }
-        self.push(frame)
+        self.push_command(frame, command)
     }
 
     /// Queues a data frame, waiting while the queue is over its byte limit.
     pub(crate) async fn send(&self, frame: Frame) -> Result<(), Error> {
+        // Fast path, the usual case: room in the queue. Registering a
+        // `Notify` waiter takes its lock, so only do that when we may wait.
+        if !self.is_open() {
+            return Err(self.closed_error());
+        }
+        let queued = self.queued.load(Ordering::Acquire);
+        if queued == 0 || queued + frame.wire_len() <= self.max_queue_bytes {
+            return self.push(frame);
+        }
         loop {
             let notified = self.space.notified();
             tokio::pin!(notified);
@@ -164,6 +201,9 @@ impl Shared {
     pub(crate) fn send_close(&self, close: Option<&CloseFrame>) -> bool {
         if self.close_sent.swap(true, Ordering::AcqRel) {
             return false;
+        }
+        if let Some(m) = &self.metrics {
+            m.close_frame(true, close.map_or(CloseCode::NO_STATUS, |c| c.code));
         }
         let frame = match self.role {
             Role::Server => Frame::close(close),
@@ -253,6 +293,11 @@ pub(crate) struct WriterOptions {
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) going_away: CancellationToken,
     pub(crate) force: CancellationToken,
+    /// permessage-deflate, when negotiated: the writer compresses.
+    pub(crate) deflate: Option<Negotiated>,
+    /// Where this connection records metrics (server sockets of an app
+    /// with metrics on).
+    pub(crate) metrics: Option<Arc<Recorder>>,
 }
 
 /// Creates the shared state and spawns the writer task on `io`.
@@ -278,10 +323,19 @@ pub(crate) fn spawn_writer(
         last_data: AtomicU64::new(0),
         epoch: Instant::now(),
         expires_at: AtomicU64::new(u64::MAX),
+        deflate: opts.deflate,
+        metrics: opts.metrics.clone(),
     });
     let task_shared = Arc::clone(&shared);
     tokio::spawn(async move {
+        // Open from the first frame to the last write: the writer's life.
+        if let Some(m) = &opts.metrics {
+            m.ws_opened();
+        }
         writer_loop(io, rx, &task_shared, &opts).await;
+        if let Some(m) = &opts.metrics {
+            m.ws_closed();
+        }
         task_shared.writer_done.store(true, Ordering::Release);
         task_shared.space.notify_waiters();
     });
@@ -335,7 +389,12 @@ async fn writer_loop(
     shared: &Shared,
     opts: &WriterOptions,
 ) {
-    let mut batch: Vec<Frame> = Vec::with_capacity(MAX_BATCH_FRAMES);
+    // Grows on first use: reserving MAX_BATCH_FRAMES up front cost every
+    // idle connection 3 KiB (docs/BENCHMARKS.md, idle memory).
+    let mut batch: Vec<Frame> = Vec::new();
+    // Lives here, not in `Shared`: this task alone puts frames on the wire,
+    // so compression order is wire order with no lock (see compress.rs).
+    let mut compressor = opts.deflate.map(Compressor::new);
     let mut told_going_away = false;
     // One timer for heartbeat, idle and expiry checks: ticks at a fraction
     // of the shortest deadline, so a deadline is noticed within 1/4 of it.
@@ -353,11 +412,19 @@ async fn writer_loop(
     let mut timer = tokio::time::interval(tick);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_ping = None;
+    // Created once and polled in every select below: a fresh `cancelled()`
+    // per iteration registers and unregisters a waiter under the token's
+    // lock on every message (a fifth of the writer's instructions in the
+    // echo profile, docs/BENCHMARKS.md).
+    let killed = shared.killed.cancelled();
+    tokio::pin!(killed);
+    let going_away = opts.going_away.cancelled();
+    tokio::pin!(going_away);
     loop {
         let first = tokio::select! {
             biased;
-            _ = shared.killed.cancelled() => return,
-            _ = opts.going_away.cancelled(), if !told_going_away => {
+            _ = &mut killed => return,
+            _ = &mut going_away, if !told_going_away => {
                 told_going_away = true;
                 shared.send_close(Some(&CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down")));
                 continue;
@@ -379,12 +446,17 @@ async fn writer_loop(
         let mut next = Some(first);
         while let Some(cmd) = next.take() {
             match cmd {
-                Command::Frame(f) if purge && f.opcode() != OpCode::Close => {
+                Command::Frame(f) | Command::Ready(f) if purge && f.opcode() != OpCode::Close => {
                     dropped += f.wire_len()
                 }
                 Command::Frame(f) => {
+                    // Accounted at the size it was queued with.
                     bytes += f.wire_len();
-                    batch.push(f);
+                    batch.push(wire_frame(f, compressor.as_mut(), shared.role));
+                }
+                Command::Ready(f) => {
+                    bytes += f.wire_len();
+                    batch.push(wire_frame(f, None, shared.role));
                 }
                 Command::Shutdown => {
                     shutdown = true;
@@ -397,15 +469,18 @@ async fn writer_loop(
         }
         let written = tokio::select! {
             biased;
-            _ = shared.killed.cancelled() => return,
-            r = tokio::time::timeout(opts.write_timeout, write_all_vectored(&mut io, &batch)) => r,
+            _ = &mut killed => return,
+            r = write_all_vectored(&mut io, &batch, opts.write_timeout) => r,
         };
+        if let (Some(m), Ok(())) = (&shared.metrics, &written) {
+            m.sent_batch(&batch);
+        }
         batch.clear();
         shared.queued.fetch_sub(bytes + dropped, Ordering::AcqRel);
         shared.space.notify_waiters();
         match written {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
+            Ok(()) => {}
+            Err(e) if e.kind() != std::io::ErrorKind::TimedOut => {
                 tracing::debug!(error = %e, "websocket write failed");
                 shared.killed.cancel();
                 return;
@@ -424,12 +499,36 @@ async fn writer_loop(
     let _ = tokio::time::timeout(shared.close_timeout, io.shutdown()).await;
 }
 
+/// The frame to write for a queued one: compressed when permessage-deflate
+/// applies, then masked if we are a client and it is not yet (`Sender`
+/// queues plain frames so that they can still be compressed).
+fn wire_frame(frame: Frame, compressor: Option<&mut Compressor>, role: Role) -> Frame {
+    let frame = match compressor {
+        Some(c) => c.apply(frame),
+        None => frame,
+    };
+    if role == Role::Client && !frame.is_masked() {
+        return Frame::masked(
+            frame.opcode(),
+            frame.fin(),
+            frame.rsv1(),
+            frame.payload(),
+            rand::random(),
+        );
+    }
+    frame
+}
+
 /// Writes every frame in `batch` (header and payload slices) with as few
-/// `writev` calls as the kernel allows.
+/// `writev` calls as the kernel allows. Fails with `TimedOut` when one
+/// `writev` (or the flush) makes no progress for `stall`: a slow but
+/// steady reader is never cut, a stopped one is.
 async fn write_all_vectored(
     io: &mut (dyn AsyncWrite + Send + Unpin),
     batch: &[Frame],
+    stall: Duration,
 ) -> std::io::Result<()> {
+    let timed_out = |_| std::io::Error::from(std::io::ErrorKind::TimedOut);
     if batch.is_empty() {
         return Ok(());
     }
@@ -447,7 +546,9 @@ async fn write_all_vectored(
             let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(parts.len() - first);
             slices.push(IoSlice::new(&parts[first][offset..]));
             slices.extend(parts[first + 1..].iter().map(|p| IoSlice::new(p)));
-            io.write_vectored(&slices).await?
+            tokio::time::timeout(stall, io.write_vectored(&slices))
+                .await
+                .map_err(timed_out)??
         };
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
@@ -465,5 +566,7 @@ async fn write_all_vectored(
             }
         }
     }
-    io.flush().await
+    tokio::time::timeout(stall, io.flush())
+        .await
+        .map_err(timed_out)?
 }

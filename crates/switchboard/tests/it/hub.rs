@@ -356,3 +356,49 @@ async fn two_nodes_on_a_memory_bus_act_as_one() {
     drop(a1);
     wait_until(|| hub_a.stats().backplane.unwrap().subscriptions == 0).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_stats_and_close_anywhere_on_a_memory_bus() {
+    use switchboard::{hub::MemoryBus, CloseCode, CloseFrame};
+    let bus = MemoryBus::new(0);
+    let hub_a = Hub::with_backplane(HubConfig::default(), Arc::new(bus.node("a")));
+    let hub_b = Hub::with_backplane(HubConfig::default(), Arc::new(bus.node("b")));
+    let a = TestClient::new(room_app(hub_a.clone(), WsConfig::default()));
+    let b = TestClient::new(room_app(hub_b.clone(), WsConfig::default()));
+    let mut a1 = a.websocket_connect("/rooms/r?user=a1").await.unwrap();
+    let mut b1 = b.websocket_connect("/rooms/s?user=b1").await.unwrap();
+    let mut b2 = b.websocket_connect("/rooms/r?user=b2").await.unwrap();
+    for ws in [&mut a1, &mut b1, &mut b2] {
+        joined(ws).await;
+    }
+    let stats = hub_a.cluster_stats().await.unwrap();
+    assert_eq!(stats.connections, 3);
+    assert_eq!(stats.rooms["r"], 2);
+    assert_eq!(stats.rooms["s"], 1);
+    assert_eq!(stats.nodes.keys().collect::<Vec<_>>(), ["a", "b"]);
+    assert!(stats.unanswered.is_empty());
+    // Presence names each member's node: (node, conn) is cluster-wide.
+    let members = hub_a.cluster_members("r").await.unwrap();
+    let b2_id = members
+        .iter()
+        .find(|m| m.meta["user"] == "b2")
+        .map(|m| (m.node.as_deref().map(str::to_owned), m.conn))
+        .unwrap();
+    assert_eq!(b2_id.0.as_deref(), Some("b"));
+    let frame = CloseFrame::new(CloseCode(4001), "bye");
+    assert!(hub_a
+        .cluster_close("b", b2_id.1, frame.clone())
+        .await
+        .unwrap());
+    match tokio::time::timeout(Duration::from_secs(2), b2.recv())
+        .await
+        .unwrap()
+    {
+        Ok(Message::Close(Some(f))) => assert_eq!(f, frame),
+        other => assert_eq!(b2.close_frame(), Some(&frame), "{other:?}"),
+    }
+    assert!(!hub_a.cluster_close("nobody", b2_id.1, frame).await.unwrap());
+    // Not clustered: this node's own stats.
+    let single = Hub::new().cluster_stats().await.unwrap();
+    assert_eq!(single.connections, 0);
+}

@@ -6,12 +6,18 @@
 #![allow(missing_docs, missing_debug_implementations)]
 
 mod auth;
+mod deflate;
+mod docs;
 mod events;
 mod http_api;
 mod hub;
+mod metrics;
 mod protection;
 mod shutdown;
+mod sse;
 mod tcp;
+#[cfg(feature = "tls")]
+mod tls;
 mod ws_api;
 
 use std::net::SocketAddr;
