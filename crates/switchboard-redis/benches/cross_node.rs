@@ -165,7 +165,10 @@ impl Bench {
     /// many arrived.
     async fn settle(&self, start: u64, sent: u64) -> u64 {
         let errors_before = self.publish_errors();
-        if !self.wait_received(start + sent, Duration::from_secs(10)).await {
+        if !self
+            .wait_received(start + sent, Duration::from_secs(10))
+            .await
+        {
             let got = self.received.load(Ordering::Relaxed) - start;
             println!(
                 "  LOST {} of {sent} (publish errors so far: {}, before: {errors_before})",
