@@ -209,7 +209,7 @@ impl fmt::Debug for RedisBackplane {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisBackplane")
             .field("node_id", &self.shared.config.node_id)
-            .field("url", &self.shared.config.url)
+            .field("url", &crate::config::redact(&self.shared.config.url))
             .finish_non_exhaustive()
     }
 }
@@ -389,7 +389,13 @@ impl Backplane for RedisBackplane {
                         .arg(shared.keys.presence_prefix(&room)),
                 )
                 .await?;
-            presence::parse_members(value)
+            // This node's own members come from its registry, which is
+            // exact and never behind (Redis gets them a moment later).
+            let me = shared.config.node_id.as_str();
+            let mut members = presence::parse_members(value)?;
+            members.retain(|m| m.node.as_deref() != Some(me));
+            members.extend(shared.presence.members(&room, me));
+            Ok(members)
         })
     }
 

@@ -18,7 +18,7 @@ use crate::Error;
 ///     .publish_timeout(Duration::from_millis(250));
 /// assert_eq!(config.node_id(), "node-a");
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[must_use]
 pub struct RedisConfig {
     pub(crate) url: String,
@@ -38,6 +38,34 @@ pub struct RedisConfig {
     pub(crate) probe_interval: Duration,
     pub(crate) probe_timeout: Duration,
     pub(crate) request_timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact(&self.url))
+            .field("node_id", &self.node_id)
+            .field("prefix", &self.prefix)
+            .field("history", &self.history)
+            .field("publish_timeout", &self.publish_timeout)
+            .field("presence_ttl", &self.presence_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `url` without its password (`redis://user:secret@host` ->
+/// `redis://user:***@host`), for logs and `Debug`.
+pub(crate) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => format!("{scheme}://***@{host}"),
+        },
+        None => url.to_owned(),
+    }
 }
 
 impl RedisConfig {
@@ -104,6 +132,11 @@ impl RedisConfig {
     /// The Redis URL.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The Redis URL with its password masked, for logs.
+    pub fn url_redacted(&self) -> String {
+        redact(&self.url)
     }
 
     /// Prefix of every key and channel (default `sb`).
@@ -235,6 +268,15 @@ mod tests {
             let err = RedisConfig::new("redis://x", bad).validate().unwrap_err();
             assert!(err.is_config(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn passwords_stay_out_of_debug_output() {
+        assert_eq!(redact("redis://u:secret@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(redact("redis://secret@h"), "redis://***@h");
+        assert_eq!(redact("redis://h:6379"), "redis://h:6379");
+        let c = RedisConfig::new("redis://:pw@h", "a");
+        assert!(!format!("{c:?}").contains("pw"));
     }
 
     #[test]

@@ -50,7 +50,7 @@
 //!   implementation tying them together.
 //!
 //! # Feature flags
-//! - `testing`: [`testing`], a throwaway `redis-server` per test (free
+//! - `testing`: the `testing` module, a throwaway `redis-server` per test (free
 //!   loopback port, temp dir, killed on drop, SIGKILL/SIGSTOP/restart
 //!   helpers) and a TCP proxy that can silently freeze connections.
 

@@ -98,6 +98,24 @@ impl Registry {
         }
     }
 
+    /// This node's members of `room`.
+    pub(crate) fn members(&self, room: &str, node: &str) -> Vec<PresenceInfo> {
+        let node: Arc<str> = node.into();
+        self.lock()
+            .get(room)
+            .map(|r| {
+                r.members
+                    .iter()
+                    .map(|(conn, meta)| PresenceInfo {
+                        conn: ConnId(*conn),
+                        node: Some(Arc::clone(&node)),
+                        meta: Arc::clone(meta),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     fn mark_all_full(&self) {
         for r in self.lock().values_mut() {
             r.pending = Pending::Full;

@@ -58,9 +58,10 @@ mod enabled {
             .clone()
             .unwrap_or_else(|| format!("node-{}", std::process::id()));
         let cfg = RedisConfig::new(url, node.as_str()).prefix(args.redis_prefix.as_str());
+        let shown = cfg.url_redacted();
         match RedisBackplane::new(cfg) {
             Ok(bp) => {
-                tracing::info!(node = %node, redis = %url, "cluster node");
+                tracing::info!(node = %node, redis = %shown, "cluster node");
                 let _ = BACKPLANE.set(bp.clone());
                 Hub::with_backplane(config, Arc::new(bp))
             }
