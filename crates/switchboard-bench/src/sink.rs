@@ -28,6 +28,12 @@ pub(crate) async fn run(bind: &str, max: Duration) -> Result<(), String> {
         "sink listening on {}",
         listener.local_addr().map_err(|e| e.to_string())?
     );
+    serve_on(listener, max).await;
+    Ok(())
+}
+
+/// Serves on `listener` until `max` has passed.
+pub(crate) async fn serve_on(listener: TcpListener, max: Duration) {
     let serve = async {
         loop {
             if let Ok((stream, _)) = listener.accept().await {
@@ -38,7 +44,6 @@ pub(crate) async fn run(bind: &str, max: Duration) -> Result<(), String> {
         }
     };
     let _ = tokio::time::timeout(max, serve).await;
-    Ok(())
 }
 
 /// The `Sec-WebSocket-Key` of a complete request head, or `None`.
@@ -112,6 +117,67 @@ fn push(out: &mut Vec<u8>, op: OpCode, payload: bytes::Bytes) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{connect, echo, idle, Common};
+
+    fn common(url: String) -> Common {
+        Common {
+            url,
+            warmup: 0.1,
+            duration: 0.4,
+            sources: 0,
+            connect_concurrency: 16,
+            pid: Some(std::process::id()),
+            json: false,
+            label: None,
+            threads: None,
+            quiet: true,
+        }
+    }
+
+    /// The scenarios end to end against the sink on loopback: bounded (under
+    /// a second each) and checked for traffic and zero errors.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn scenarios_run_against_the_sink() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/ws/echo", listener.local_addr().unwrap());
+        let server = tokio::spawn(serve_on(listener, Duration::from_secs(30)));
+
+        let opts = echo::EchoOpts {
+            conns: 8,
+            size: 100,
+            depth: 2,
+            binary: false,
+            count: 0,
+        };
+        let r = echo::run(&common(url.clone()), &opts).await.unwrap();
+        assert_eq!((r.connections, r.errors), (8, 0), "{}", r.table());
+        assert!(r.ops > 0 && r.latency.is_some(), "{}", r.table());
+        assert!(r.server_cpu_us_per_op().is_some());
+
+        // A fixed workload ends the window early, with exactly that count.
+        let fixed = echo::EchoOpts {
+            count: 50,
+            binary: true,
+            ..opts
+        };
+        let mut c = common(url.clone());
+        c.warmup = 0.0;
+        c.duration = 30.0;
+        let r = echo::run(&c, &fixed).await.unwrap();
+        assert_eq!((r.ops, r.errors), (8 * 50, 0), "{}", r.table());
+        assert!(r.duration_s < 10.0);
+
+        for close in [false, true] {
+            let r = connect::run(&common(url.clone()), 4, close).await.unwrap();
+            assert!(r.ops > 0, "{}", r.table());
+            assert_eq!(r.errors, 0, "{}", r.table());
+        }
+
+        let r = idle::run(&common(url), 20).await.unwrap();
+        assert_eq!((r.connections, r.errors), (20, 0), "{}", r.table());
+        assert!(r.extra.contains_key("rss_per_conn_b"));
+        server.abort();
+    }
 
     #[test]
     fn finds_the_key() {
