@@ -561,6 +561,51 @@ impl Drop for Receiver {
     }
 }
 
+/// Accessors for the handshake request, shared by [`WebSocket`] (before
+/// accepting) and [`Socket`] (after): both keep it in a `ConnInfo` field
+/// named `info`.
+///
+/// [`WebSocket`]: crate::WebSocket
+macro_rules! request_accessors {
+    () => {
+        /// A path parameter by name.
+        pub fn path_param(&self, name: &str) -> Option<&str> {
+            $crate::ws::socket::lookup(&self.info.params, name)
+        }
+
+        /// All path parameters, in route order.
+        pub fn path_params(&self) -> &[(String, String)] {
+            &self.info.params
+        }
+
+        /// A query parameter by name (first occurrence, percent-decoded).
+        pub fn query_param(&self, name: &str) -> Option<&str> {
+            $crate::ws::socket::lookup(&self.info.query, name)
+        }
+
+        /// All query parameters.
+        pub fn query_params(&self) -> &[(String, String)] {
+            &self.info.query
+        }
+
+        /// The request headers of the handshake.
+        pub fn headers(&self) -> &http::HeaderMap {
+            &self.info.headers
+        }
+
+        /// The request URI of the handshake.
+        pub fn uri(&self) -> &http::Uri {
+            &self.info.uri
+        }
+
+        /// The client's address.
+        pub fn client_addr(&self) -> std::net::SocketAddr {
+            self.info.remote
+        }
+    };
+}
+pub(crate) use request_accessors;
+
 /// Facts about the request that opened the socket.
 #[derive(Debug, Clone)]
 pub(crate) struct ConnInfo {
@@ -713,40 +758,7 @@ impl Socket {
         self.sender.compression()
     }
 
-    /// A path parameter by name.
-    pub fn path_param(&self, name: &str) -> Option<&str> {
-        lookup(&self.info.params, name)
-    }
-
-    /// All path parameters in route order.
-    pub fn path_params(&self) -> &[(String, String)] {
-        &self.info.params
-    }
-
-    /// A query parameter by name (first occurrence, percent-decoded).
-    pub fn query_param(&self, name: &str) -> Option<&str> {
-        lookup(&self.info.query, name)
-    }
-
-    /// All query parameters.
-    pub fn query_params(&self) -> &[(String, String)] {
-        &self.info.query
-    }
-
-    /// The request headers of the handshake.
-    pub fn headers(&self) -> &HeaderMap {
-        &self.info.headers
-    }
-
-    /// The request URI of the handshake.
-    pub fn uri(&self) -> &Uri {
-        &self.info.uri
-    }
-
-    /// The client's address.
-    pub fn client_addr(&self) -> SocketAddr {
-        self.info.remote
-    }
+    request_accessors!();
 
     /// Typed per-connection state: insert with `extensions_mut().insert(v)`,
     /// read with `extensions().get::<T>()`.

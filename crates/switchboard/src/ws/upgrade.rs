@@ -13,7 +13,7 @@
 //! or 500 if the handler failed. After the handler ends, an open socket is
 //! closed with 1000, or 1011 if the handler returned an error or panicked.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -39,7 +39,7 @@ use crate::{
     ws::{
         compress::Negotiated,
         config::WsConfig,
-        socket::{linger, lookup, ConnInfo, ReadState, Receiver, RecvPolicy, Sender, Socket},
+        socket::{linger, ConnInfo, ReadState, Receiver, RecvPolicy, Sender, Socket},
         writer::{spawn_writer, Slot},
     },
 };
@@ -235,40 +235,7 @@ impl WebSocket {
         &self.request.extensions
     }
 
-    /// A path parameter by name.
-    pub fn path_param(&self, name: &str) -> Option<&str> {
-        lookup(&self.info.params, name)
-    }
-
-    /// All path parameters, in route order.
-    pub fn path_params(&self) -> &[(String, String)] {
-        &self.info.params
-    }
-
-    /// A query parameter by name.
-    pub fn query_param(&self, name: &str) -> Option<&str> {
-        lookup(&self.info.query, name)
-    }
-
-    /// All query parameters.
-    pub fn query_params(&self) -> &[(String, String)] {
-        &self.info.query
-    }
-
-    /// The request headers.
-    pub fn headers(&self) -> &HeaderMap {
-        &self.info.headers
-    }
-
-    /// The request URI.
-    pub fn uri(&self) -> &Uri {
-        &self.info.uri
-    }
-
-    /// The client's address.
-    pub fn client_addr(&self) -> SocketAddr {
-        self.info.remote
-    }
+    super::socket::request_accessors!();
 }
 
 fn choose_protocol(supported: &[String], offered: &[String]) -> Option<String> {
