@@ -402,3 +402,25 @@ async fn cluster_stats_and_close_anywhere_on_a_memory_bus() {
     let single = Hub::new().cluster_stats().await.unwrap();
     assert_eq!(single.connections, 0);
 }
+
+#[test]
+fn member_less_history_rooms_are_evicted_oldest_first_at_the_limit() {
+    let hub = Hub::with_config(HubConfig::default().history(2).max_history_rooms(2));
+    for room in ["a", "b"] {
+        hub.broadcast_to(room, format!("to {room}"));
+    }
+    // At the limit: both kept.
+    assert_eq!(hub.history_last("a", 10).len(), 1);
+    assert_eq!(hub.history_last("b", 10).len(), 1);
+    // One more: the least recently used ("a") goes.
+    hub.broadcast_to("c", "to c");
+    assert!(hub.history_last("a", 10).is_empty());
+    assert_eq!(
+        hub.history_last("b", 10)[0].message(),
+        Message::text("to b")
+    );
+    assert_eq!(
+        hub.history_last("c", 10)[0].message(),
+        Message::text("to c")
+    );
+}
