@@ -10,7 +10,7 @@
 
 use std::{
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc,
     },
     time::Duration,
@@ -43,23 +43,35 @@ pub(crate) async fn run(
     common: &Common,
     concurrency: usize,
     close: bool,
+    count: u64,
 ) -> Result<Report, String> {
     let target = Arc::new(Target::parse(&common.url)?);
     // Size the sources for what one window can open, not for `concurrency`.
     let sources = Arc::new(Sources::new(common.sources, concurrency, &target));
     let shared = Arc::new(Shared::new());
     let counter = Arc::new(AtomicUsize::new(0));
+    // Handshakes begun in the window, for `count`.
+    let tickets = Arc::new(AtomicU64::new(0));
+    let clients = concurrency.max(1);
     let mut tasks = JoinSet::new();
-    for _ in 0..concurrency.max(1) {
-        let (target, sources, shared, counter) = (
+    for _ in 0..clients {
+        let (target, sources, shared, counter, tickets) = (
             Arc::clone(&target),
             Arc::clone(&sources),
             Arc::clone(&shared),
             Arc::clone(&counter),
+            Arc::clone(&tickets),
         );
         tasks.spawn(async move {
             let mut local = Local::new();
             while shared.phase() != STOP {
+                if count > 0
+                    && shared.phase() == MEASURE
+                    && tickets.fetch_add(1, Ordering::Relaxed) >= count
+                {
+                    shared.done.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
                 let source = sources.for_conn(counter.fetch_add(1, Ordering::Relaxed));
                 let start = Instant::now();
                 match connect(&target, source, HANDSHAKE_TIMEOUT).await {
@@ -85,15 +97,21 @@ pub(crate) async fn run(
             shared.flush(&mut local);
         });
     }
-    let window = crate::measure(common, &shared, u64::MAX).await;
+    let tasks_bound = if count > 0 { clients as u64 } else { u64::MAX };
+    let window = crate::measure(common, &shared, tasks_bound).await;
     crate::drain(&mut tasks).await;
     let (ops, _) = shared.totals();
+    let mut extra = serde_json::Map::new();
+    extra.insert(
+        "attempts".into(),
+        json!(counter.load(Ordering::Relaxed) as u64),
+    );
     Ok(Report {
         scenario: "connect",
         label: common.label.clone(),
         url: common.url.clone(),
         params: json!({
-            "concurrency": concurrency, "close": close,
+            "concurrency": concurrency, "close": close, "count": count,
             "sources": sources.count(), "warmup_s": common.warmup,
         }),
         connections: concurrency,
@@ -106,7 +124,7 @@ pub(crate) async fn run(
         latency: shared.latency(),
         client_cpu: window.client_cpu,
         server_cpu: window.server_cpu,
-        extra: serde_json::Map::new(),
+        extra,
     })
 }
 

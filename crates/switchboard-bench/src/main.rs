@@ -98,6 +98,13 @@ enum Scenario {
         /// TCP connection right after the 101).
         #[arg(long)]
         close: bool,
+        /// Stop after this many handshakes, counted from the start of the
+        /// window over all clients (0: run for the whole window). With
+        /// `--warmup 0` this makes a fixed workload, e.g. for instruction
+        /// counts under callgrind (`attempts` in the report counts every
+        /// handshake the server saw, warm-up included).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
     },
     /// N subscribers in one room, one publisher: deliveries/s and end-to-end
     /// latency from the timestamp in each payload.
@@ -338,7 +345,8 @@ fn run_client(scenario: Scenario) -> Result<(), String> {
                 common,
                 concurrency,
                 close,
-            } => connect::run(common, *concurrency, *close).await,
+                count,
+            } => connect::run(common, *concurrency, *close, *count).await,
             Scenario::Broadcast {
                 common,
                 subscribers,

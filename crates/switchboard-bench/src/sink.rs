@@ -168,9 +168,22 @@ mod tests {
         assert!(r.duration_s < 10.0);
 
         for close in [false, true] {
-            let r = connect::run(&common(url.clone()), 4, close).await.unwrap();
+            let r = connect::run(&common(url.clone()), 4, close, 0)
+                .await
+                .unwrap();
             assert!(r.ops > 0, "{}", r.table());
             assert_eq!(r.errors, 0, "{}", r.table());
+            // A fixed number of handshakes ends the window early: the 30
+            // begun in the window, plus at most one per client begun before.
+            let mut c = common(url.clone());
+            c.warmup = 0.0;
+            c.duration = 30.0;
+            let r = connect::run(&c, 4, close, 30).await.unwrap();
+            assert!((30..=34).contains(&r.ops), "{}", r.table());
+            assert_eq!(r.errors, 0, "{}", r.table());
+            assert!(r.duration_s < 10.0, "{}", r.table());
+            let attempts = r.extra["attempts"].as_u64().unwrap();
+            assert!(attempts >= r.ops, "{}", r.table());
         }
 
         let r = idle::run(&common(url), 20).await.unwrap();

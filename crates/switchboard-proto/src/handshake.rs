@@ -62,12 +62,33 @@ pub fn accept_key(key: &[u8]) -> String {
 /// Whether a comma-separated header (every occurrence) contains `token`,
 /// compared case-insensitively.
 pub fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+    headers.get_all(name).iter().any(|v| {
+        // The usual case, a value that is just the token, without a split.
+        v.as_bytes().eq_ignore_ascii_case(token.as_bytes())
+            || v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+/// The only value of header `name`: `None` when it is missing or repeated.
+fn single_value(headers: &HeaderMap, name: header::HeaderName) -> Option<&[u8]> {
+    let mut values = headers.get_all(name).into_iter();
+    match (values.next(), values.next()) {
+        (Some(v), None) => Some(v.as_bytes().trim_ascii()),
+        _ => None,
+    }
+}
+
+/// Whether `key` is the base64 of 16 bytes (a valid `Sec-WebSocket-Key`),
+/// checked without decoding: 16 bytes are 21 full base64 characters, one
+/// that carries the last 2 bits (its low 4 bits zero, as canonical base64
+/// requires), and `==`.
+fn is_valid_key(key: &[u8]) -> bool {
+    let is_b64 = |b: &u8| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/';
+    key.len() == 24
+        && key[..21].iter().all(is_b64)
+        && matches!(key[21], b'A' | b'Q' | b'g' | b'w')
+        && key[22..] == *b"=="
 }
 
 /// Validates a client's upgrade request.
@@ -113,34 +134,23 @@ pub fn validate_request(
             "missing Connection: upgrade header",
         ));
     }
-    let versions: Vec<_> = headers
-        .get_all(header::SEC_WEBSOCKET_VERSION)
-        .iter()
-        .collect();
-    if versions.len() != 1 || versions[0].as_bytes().trim_ascii() != b"13" {
+    if single_value(headers, header::SEC_WEBSOCKET_VERSION) != Some(b"13") {
         return Err(HandshakeError::new(
             StatusCode::UPGRADE_REQUIRED,
             "unsupported Sec-WebSocket-Version; this server speaks 13",
         ));
     }
-    let keys: Vec<_> = headers.get_all(header::SEC_WEBSOCKET_KEY).iter().collect();
-    let key = match keys.as_slice() {
-        [key] => key.as_bytes().trim_ascii(),
-        _ => {
-            return Err(HandshakeError::new(
-                StatusCode::BAD_REQUEST,
-                "missing or repeated Sec-WebSocket-Key header",
-            ))
-        }
+    let Some(key) = single_value(headers, header::SEC_WEBSOCKET_KEY) else {
+        return Err(HandshakeError::new(
+            StatusCode::BAD_REQUEST,
+            "missing or repeated Sec-WebSocket-Key header",
+        ));
     };
-    match STANDARD.decode(key) {
-        Ok(raw) if raw.len() == 16 => {}
-        _ => {
-            return Err(HandshakeError::new(
-                StatusCode::BAD_REQUEST,
-                "Sec-WebSocket-Key must be 16 bytes in base64",
-            ))
-        }
+    if !is_valid_key(key) {
+        return Err(HandshakeError::new(
+            StatusCode::BAD_REQUEST,
+            "Sec-WebSocket-Key must be 16 bytes in base64",
+        ));
     }
     let protocols = parse_protocols(headers)
         .map_err(|message| HandshakeError::new(StatusCode::BAD_REQUEST, message))?;
@@ -203,11 +213,7 @@ pub fn validate_h2_request(
             ))
         }
     }
-    let versions: Vec<_> = headers
-        .get_all(header::SEC_WEBSOCKET_VERSION)
-        .iter()
-        .collect();
-    if versions.len() != 1 || versions[0].as_bytes().trim_ascii() != b"13" {
+    if single_value(headers, header::SEC_WEBSOCKET_VERSION) != Some(b"13") {
         return Err(HandshakeError::new(
             StatusCode::UPGRADE_REQUIRED,
             "unsupported Sec-WebSocket-Version; this server speaks 13",
@@ -439,6 +445,77 @@ mod tests {
         check(h, Method::GET, StatusCode::BAD_REQUEST);
         let err = validate_request(&Method::GET, Version::HTTP_10, &good()).unwrap_err();
         assert_eq!(err.status, StatusCode::BAD_REQUEST);
+        // Repeated version or key headers are refused, even when equal.
+        let mut h = good();
+        h.append("sec-websocket-version", "13".parse().unwrap());
+        check(h, Method::GET, StatusCode::UPGRADE_REQUIRED);
+        let mut h = good();
+        h.append(
+            "sec-websocket-key",
+            "dGhlIHNhbXBsZSBub25jZQ==".parse().unwrap(),
+        );
+        check(h, Method::GET, StatusCode::BAD_REQUEST);
+        // 24 characters that are not the padded base64 of 16 bytes.
+        for key in [
+            "dGhlIHNhbXBsZSBub25jZQ=",
+            "dGhlIHNhbXBsZSBub25jZQ===",
+            "dGhlIHNhbXBsZSBub25jZSE1",
+            "dGhlIHNhbXBsZSBub25jZR==",
+            "dGhlIHNhbXBsZSBub25j*Q==",
+            "dGhlIHNhbXBsZSBub25jZQ",
+        ] {
+            let mut h = good();
+            h.insert("sec-websocket-key", key.parse().unwrap());
+            check(h, Method::GET, StatusCode::BAD_REQUEST);
+        }
+    }
+
+    #[test]
+    fn key_check_agrees_with_a_base64_decoder() {
+        let decodes_to_16 = |k: &[u8]| STANDARD.decode(k).is_ok_and(|raw| raw.len() == 16);
+        // Random valid keys, with each position's character replaced by
+        // every byte value: accepted exactly when they decode to 16 bytes.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        for _ in 0..20 {
+            let mut raw = [0u8; 16];
+            for b in &mut raw {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                *b = state as u8;
+            }
+            let key = STANDARD.encode(raw).into_bytes();
+            assert!(is_valid_key(&key));
+            for pos in 0..key.len() {
+                for c in 0..=255u8 {
+                    let mut k = key.clone();
+                    k[pos] = c;
+                    assert_eq!(is_valid_key(&k), decodes_to_16(&k), "{k:?}");
+                }
+            }
+        }
+        for k in [
+            &b""[..],
+            b"==",
+            b"dGhlIHNhbXBsZSBub25jZQ",
+            b"dGhlIHNhbXBsZSBub25jZQ===",
+        ] {
+            assert_eq!(is_valid_key(k), decodes_to_16(k));
+        }
+    }
+
+    #[test]
+    fn surrounding_whitespace_and_case_are_accepted() {
+        let mut h = good();
+        h.insert(
+            "sec-websocket-key",
+            " dGhlIHNhbXBsZSBub25jZQ== ".parse().unwrap(),
+        );
+        h.insert("sec-websocket-version", " 13".parse().unwrap());
+        h.insert("upgrade", "websocket, h2c".parse().unwrap());
+        h.insert("connection", "UPGRADE".parse().unwrap());
+        let r = validate_request(&Method::GET, Version::HTTP_11, &h).unwrap();
+        assert_eq!(r.accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     }
 
     #[test]

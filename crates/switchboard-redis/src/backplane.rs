@@ -27,7 +27,7 @@ use switchboard::{
     CloseFrame,
 };
 use tokio::{
-    sync::{mpsc, oneshot, watch},
+    sync::{mpsc, watch},
     time::Instant,
 };
 
@@ -40,7 +40,7 @@ use crate::{
     scripts,
     subscriber::{self, SubHealth, Subscriptions},
     wire::{self, Control},
-    writer::{Job, Queue, Writer},
+    writer::{self, Queue, Writer},
     Error,
 };
 
@@ -59,7 +59,9 @@ pub(crate) struct Shared {
     pub(crate) requests: Requests,
     /// Requests from other nodes, for the worker (bounded: `JOB_QUEUE`).
     pub(crate) jobs: mpsc::Sender<control::Job>,
-    pub(crate) publish_errors: AtomicU64,
+    /// Publishes that failed, each counted once whether or not its future
+    /// was awaited (shared with the queue; see `writer` for the rule).
+    pub(crate) publish_errors: Arc<AtomicU64>,
 }
 
 impl Shared {
@@ -73,11 +75,6 @@ impl Shared {
         self.link
             .query(redis::cmd("PUBLISH").arg(channel).arg(body))
             .await
-    }
-
-    fn publish_failed(&self, e: BackplaneError) -> BackplaneError {
-        self.publish_errors.fetch_add(1, Ordering::Relaxed);
-        e
     }
 
     fn health(&self) -> BackplaneHealth {
@@ -226,7 +223,8 @@ impl RedisBackplane {
             .map_err(|_| Error::config("RedisBackplane::new must run inside a tokio runtime"))?;
         let (stop, stopped) = watch::channel(false);
         let link = Arc::new(Link::new(client.clone(), config.clone()));
-        let (queue, rx, queued_bytes) = Queue::new(&config);
+        let publish_errors = Arc::new(AtomicU64::new(0));
+        let (queue, rx, queued_bytes) = Queue::new(&config, Arc::clone(&publish_errors));
         let (jobs, jobs_rx) = mpsc::channel(control::JOB_QUEUE);
         let shared = Arc::new(Shared {
             keys: Keys::new(&config.prefix),
@@ -239,7 +237,7 @@ impl RedisBackplane {
             sink: OnceLock::new(),
             requests: Requests::default(),
             jobs,
-            publish_errors: AtomicU64::new(0),
+            publish_errors,
             config,
         });
         runtime.spawn(Arc::clone(&link).run(stopped.clone()));
@@ -340,32 +338,40 @@ impl Backplane for RedisBackplane {
         self.shared.subs.remove(room);
     }
 
+    /// Queued now, in this node's order; sent even if the future is
+    /// dropped. Each failure is counted once in `publish_errors`: here
+    /// when the link is known down (no job is made), otherwise by the
+    /// job's reply in the writer (the queue refusing it included). The
+    /// future itself never counts: its timeout fires only for a job the
+    /// writer still holds and will answer, late, as a counted timeout.
     fn publish(&self, envelope: Envelope) -> BackplaneFuture<Result<Published, BackplaneError>> {
         let shared = &self.shared;
         if !shared.link.is_up() {
             let why = shared.link.last_error().unwrap_or_default();
-            return ready(Err(shared.publish_failed(unavailable(&why))));
+            shared.publish_errors.fetch_add(1, Ordering::Relaxed);
+            return ready(Err(unavailable(&why)));
         }
         let deadline = Instant::now() + shared.config.publish_timeout;
-        let (reply, answer) = oneshot::channel();
-        let job = Job {
-            head: wire::head(envelope.opcode, &envelope.origin),
-            room: envelope.room,
-            payload: envelope.payload,
+        let answer = match shared.queue.enqueue(
+            envelope.room,
+            wire::head(envelope.opcode, &envelope.origin),
+            envelope.payload,
             deadline,
-            reply,
+        ) {
+            Ok(answer) => answer,
+            // Counted by the refused job's reply.
+            Err(e) => return ready(Err(e)),
         };
-        if let Err(e) = shared.queue.enqueue(job) {
-            return ready(Err(shared.publish_failed(e)));
-        }
-        let shared = Arc::clone(shared);
         Box::pin(async move {
-            let result = match tokio::time::timeout_at(deadline, answer).await {
+            match tokio::time::timeout_at(deadline, answer).await {
                 Ok(Ok(result)) => result,
+                // The reply was dropped unanswered (the writer stopped);
+                // its drop counted it.
                 Ok(Err(_)) => Err(BackplaneError("redis backplane shut down".into())),
-                Err(_) => Err(BackplaneError("redis: publish timed out".into())),
-            };
-            result.map_err(|e| shared.publish_failed(e))
+                // The writer still holds the job: it will answer it with a
+                // timeout and count it then (`writer::Reply::send`).
+                Err(_) => Err(writer::timed_out()),
+            }
         })
     }
 

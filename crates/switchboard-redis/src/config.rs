@@ -161,6 +161,9 @@ impl RedisConfig {
     }
 
     /// Longest a publish waits for Redis before failing (default 500 ms).
+    /// A publish not sent by then is never sent; one sent but answered
+    /// later is reported (and counted) as failed. A failure nobody awaits
+    /// is counted at most this plus the command timeout after the call.
     pub fn publish_timeout(mut self, d: Duration) -> Self {
         self.publish_timeout = d;
         self

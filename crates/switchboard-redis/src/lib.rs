@@ -23,6 +23,9 @@
 //!   the order that node sent them;
 //! - `publish` resolves within `publish_timeout` (500 ms) even when Redis
 //!   is down or stalled; local members get the message regardless;
+//! - a queued publish is sent even if nobody awaits its future (the hub's
+//!   broadcasts drop it), and every failed publish is counted exactly once
+//!   in `BackplaneHealth::publish_errors`, awaited or not;
 //! - nothing grows without bound: the publish queue, the request tables and
 //!   the presence bookkeeping are all capped;
 //! - the connections reconnect forever (backoff 50 ms to 1 s); cross-node

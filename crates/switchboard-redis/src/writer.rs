@@ -13,16 +13,41 @@
 //! trip.
 //!
 //! Limits: the queue holds at most `queue_len` messages and `queue_bytes`
-//! payload bytes; a publish beyond either fails at once ("queue full"). A
-//! message whose caller has already given up (its deadline passed) is
-//! dropped unsent, so a publish reported as failed is never sent later.
+//! payload bytes; a publish beyond either fails at once ("queue full").
 //! When the link is down, publishes fail at once without queueing.
+//!
+//! A queued message is sent whether or not anyone still waits for its
+//! answer: dropping the future `publish` returned only discards the
+//! acknowledgement (the hub's fire-and-forget broadcasts rely on it). The
+//! one exception is a message whose deadline passed before the writer
+//! reached it: it is never sent, because its caller was already told it
+//! timed out (a publish reported as failed before it was sent is never
+//! sent later).
+//!
+//! # Counting failures: the rule
+//!
+//! A publish that failed is counted in `publish_errors` exactly once, one
+//! that succeeded never, whether or not its future is awaited:
+//!
+//! - before a [`Job`] exists (the link is known down) the backplane's
+//!   `publish` counts the failure itself;
+//! - from the moment a `Job` exists, its [`Reply`] is the only counter:
+//!   [`Reply::send`] counts an error it delivers (the queue's refusal
+//!   included), and a `Reply` dropped without answering (the writer
+//!   stopped with it queued or in flight) counts in its `Drop`. A reply
+//!   answers once (`send` consumes it), so it cannot count twice;
+//! - an answer that comes after the job's deadline is delivered as a
+//!   timeout, and counted, even when Redis did run the script: the caller
+//!   who awaited it already got a timeout from its future's own timer,
+//!   which counts nothing (the job is still held here and will be
+//!   answered). So the count always equals the number of failed results a
+//!   caller awaiting every future would see.
 
 use std::{
     future::Future,
     pin::Pin,
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc,
     },
     task::Poll,
@@ -46,13 +71,66 @@ use crate::{keys::Keys, link::Link, scripts, RedisConfig};
 /// replies arrive well within the publish timeout.
 const BATCH: usize = 512;
 
+/// What a publish's future waits on.
+pub(crate) type Answer = oneshot::Receiver<Result<Published, BackplaneError>>;
+
 /// One queued publish.
 pub(crate) struct Job {
     pub(crate) room: String,
     pub(crate) head: Vec<u8>,
     pub(crate) payload: Bytes,
-    pub(crate) deadline: Instant,
-    pub(crate) reply: oneshot::Sender<Result<Published, BackplaneError>>,
+    pub(crate) reply: Reply,
+}
+
+impl Job {
+    fn deadline(&self) -> Instant {
+        self.reply.deadline
+    }
+}
+
+/// Where a job's outcome goes, and the one place a queued job's failure
+/// is counted (see the module docs for the rule).
+pub(crate) struct Reply {
+    /// `None` once answered.
+    tx: Option<oneshot::Sender<Result<Published, BackplaneError>>>,
+    deadline: Instant,
+    errors: Arc<AtomicU64>,
+}
+
+impl Reply {
+    /// Answers the job (whether or not anyone still listens), counting a
+    /// failure. An answer past the deadline is a timeout: the caller's
+    /// future has given up, or would have.
+    fn send(mut self, result: Result<Published, BackplaneError>) {
+        // A future whose timer fired did so at or after the deadline, and
+        // before this answer arrived: so this answer is an error too, and
+        // the caller's timeout is counted here, once.
+        let result = match result {
+            Ok(_) if Instant::now() >= self.deadline => Err(timed_out()),
+            other => other,
+        };
+        if result.is_err() {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(result);
+        }
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        // Never answered: the job was refused or abandoned (the writer
+        // stopped). The future sees a closed channel; this is its count.
+        if self.tx.take().is_some() {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The error of a publish not confirmed by its deadline.
+pub(crate) fn timed_out() -> BackplaneError {
+    BackplaneError("redis: publish timed out".into())
 }
 
 /// The producer side of the queue.
@@ -61,10 +139,15 @@ pub(crate) struct Queue {
     /// Payload bytes queued and not yet sent (the byte limit's counter).
     bytes: Arc<AtomicUsize>,
     max_bytes: usize,
+    /// The backplane's `publish_errors`, counted by each job's [`Reply`].
+    errors: Arc<AtomicU64>,
 }
 
 impl Queue {
-    pub(crate) fn new(config: &RedisConfig) -> (Queue, mpsc::Receiver<Job>, Arc<AtomicUsize>) {
+    pub(crate) fn new(
+        config: &RedisConfig,
+        errors: Arc<AtomicU64>,
+    ) -> (Queue, mpsc::Receiver<Job>, Arc<AtomicUsize>) {
         // Bounded: the message limit is the channel's capacity.
         let (tx, rx) = mpsc::channel(config.queue_len);
         let bytes = Arc::new(AtomicUsize::new(0));
@@ -73,31 +156,58 @@ impl Queue {
                 tx,
                 bytes: Arc::clone(&bytes),
                 max_bytes: config.queue_bytes,
+                errors,
             },
             rx,
             bytes,
         )
     }
 
-    /// Queues `job` without waiting; fails if the queue is full.
-    pub(crate) fn enqueue(&self, job: Job) -> Result<(), BackplaneError> {
+    /// Queues a publish without waiting: from here on its outcome is
+    /// counted by its [`Reply`] (a refusal too). Fails if the queue is
+    /// full or the writer has stopped.
+    pub(crate) fn enqueue(
+        &self,
+        room: String,
+        head: Vec<u8>,
+        payload: Bytes,
+        deadline: Instant,
+    ) -> Result<Answer, BackplaneError> {
+        let (tx, answer) = oneshot::channel();
+        let job = Job {
+            room,
+            head,
+            payload,
+            reply: Reply {
+                tx: Some(tx),
+                deadline,
+                errors: Arc::clone(&self.errors),
+            },
+        };
         let n = job.payload.len();
         let before = self.bytes.fetch_add(n, Ordering::AcqRel);
         if before + n > self.max_bytes && before > 0 {
             self.bytes.fetch_sub(n, Ordering::AcqRel);
-            return Err(BackplaneError("redis publish queue full (bytes)".into()));
+            let e = BackplaneError("redis publish queue full (bytes)".into());
+            job.reply.send(Err(e.clone()));
+            return Err(e);
         }
-        self.tx.try_send(job).map_err(|e| {
-            self.bytes.fetch_sub(n, Ordering::AcqRel);
-            match e {
-                mpsc::error::TrySendError::Full(_) => {
-                    BackplaneError("redis publish queue full".into())
-                }
-                mpsc::error::TrySendError::Closed(_) => {
-                    BackplaneError("redis backplane shut down".into())
-                }
+        match self.tx.try_send(job) {
+            Ok(()) => Ok(answer),
+            Err(refused) => {
+                self.bytes.fetch_sub(n, Ordering::AcqRel);
+                let (job, e) = match refused {
+                    mpsc::error::TrySendError::Full(job) => {
+                        (job, BackplaneError("redis publish queue full".into()))
+                    }
+                    mpsc::error::TrySendError::Closed(job) => {
+                        (job, BackplaneError("redis backplane shut down".into()))
+                    }
+                };
+                job.reply.send(Err(e.clone()));
+                Err(e)
             }
-        })
+        }
     }
 }
 
@@ -191,12 +301,23 @@ impl Writer {
         let bytes: usize = jobs.iter().map(|j| j.payload.len()).sum();
         self.bytes.fetch_sub(bytes, Ordering::AcqRel);
         let now = Instant::now();
-        // The caller already got its timeout: never send those.
-        jobs.retain(|j| j.deadline > now && !j.reply.is_closed());
+        // Sent whether or not the caller still waits for the answer, except
+        // past the deadline: that caller was told it timed out, so the
+        // message is never sent, and is counted here (by its reply).
+        let mut jobs = std::mem::replace(jobs, Vec::with_capacity(BATCH));
+        if jobs.iter().any(|j| j.deadline() <= now) {
+            let (live, expired): (Vec<Job>, Vec<Job>) =
+                jobs.into_iter().partition(|j| j.deadline() > now);
+            for job in expired {
+                job.reply.send(Err(BackplaneError(
+                    "redis: publish timed out before it was sent".into(),
+                )));
+            }
+            jobs = live;
+        }
         if jobs.is_empty() {
             return None;
         }
-        let mut jobs = std::mem::replace(jobs, Vec::with_capacity(BATCH));
         let (generation, mut conn) = match self.link.get() {
             Ok(c) => c,
             Err(e) => {
@@ -223,11 +344,11 @@ impl Writer {
                 .arg(&job.head[..])
                 .arg(&job.payload[..]);
         }
-        // The latest deadline bounds the wait; jobs past their own got
-        // their error from the caller's side already.
+        // The latest deadline bounds the wait; an answer past a job's own
+        // deadline is reported to it as a timeout (`Reply::send`).
         let wait = jobs
             .iter()
-            .map(|j| j.deadline)
+            .map(Job::deadline)
             .max()
             .map_or(Duration::ZERO, |d| d.saturating_duration_since(now))
             .max(self.config.command_timeout);
@@ -266,16 +387,17 @@ impl Writer {
                     *loaded = None;
                 }
             }
-            let _ = job.reply.send(result);
+            job.reply.send(result);
         }
         // A short reply (should not happen) must still answer everyone.
         fail_all(&mut jobs, &BackplaneError("redis: missing reply".into()));
     }
 }
 
+/// Answers every job with `e` (each counted once, by its reply).
 fn fail_all(jobs: &mut Vec<Job>, e: &BackplaneError) {
     for job in jobs.drain(..) {
-        let _ = job.reply.send(Err(e.clone()));
+        job.reply.send(Err(e.clone()));
     }
 }
 

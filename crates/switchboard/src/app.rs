@@ -21,7 +21,7 @@ use crate::{
     handler::{BoxFuture, Handler, PreparedWs, WsHandler},
     middleware::{Middleware, Reject},
     response::{error_response, IntoResponse, Response},
-    router::{best_match, Pattern},
+    router::{best_match, Pattern, RouteIndex},
     ws::{self, WebSocket, WsConfig, WsEvents},
 };
 
@@ -81,6 +81,8 @@ impl Default for ServerConfig {
 /// What the running server shares with every request and socket.
 pub(crate) struct AppShared {
     routes: Vec<Route>,
+    /// `routes` by first path segment.
+    index: RouteIndex,
     fallback: Option<BoxHandler>,
     pub(crate) state: http::Extensions,
     pub(crate) config: ServerConfig,
@@ -90,6 +92,9 @@ pub(crate) struct AppShared {
     pub(crate) going_away: CancellationToken,
     /// Cancelled when the shutdown deadline passes: tasks are dropped.
     pub(crate) force_close: CancellationToken,
+    /// The same two signals for WebSocket connections, which poll them per
+    /// message and so need them lock-free (see `ws/signal.rs`).
+    pub(crate) signals: Arc<crate::ws::signal::Signals>,
     /// Every connection and handler task, awaited on shutdown.
     pub(crate) tracker: TaskTracker,
     startup: Vec<Hook>,
@@ -100,6 +105,8 @@ pub(crate) struct AppShared {
     pub(crate) connections: Arc<ConnLimiter>,
     /// Where connections record metrics; `None` unless [`App::metrics`].
     pub(crate) metrics: Option<Arc<crate::metrics::Recorder>>,
+    /// HTTP/1.1 connection settings, from `config`.
+    pub(crate) http1: hyper::server::conn::http1::Builder,
 }
 
 impl std::fmt::Debug for AppShared {
@@ -127,7 +134,14 @@ impl AppShared {
     pub(crate) fn begin_shutdown(&self) {
         self.draining.store(true, Ordering::Release);
         self.going_away.cancel();
+        self.signals.go_away();
         self.tracker.close();
+    }
+
+    /// The shutdown deadline passed: drop every connection and handler.
+    pub(crate) fn force_close_now(&self) {
+        self.force_close.cancel();
+        self.signals.force();
     }
 
     pub(crate) async fn run_startup(&self) {
@@ -149,8 +163,11 @@ impl AppShared {
         remote: std::net::SocketAddr,
     ) -> Response {
         let (parts, body) = req.into_parts();
-        let path = parts.uri.path().to_owned();
-        let found = best_match(self.routes.iter().map(|r| (&r.pattern, r)), &path);
+        // A clone of the URI shares its bytes: no copy of the path.
+        let uri = parts.uri.clone();
+        let path = uri.path();
+        let candidates = self.index.candidates(path).map(|i| &self.routes[i]);
+        let found = best_match(candidates.map(|r| (&r.pattern, r)), path);
         let Some((route, params)) = found else {
             let cx = RequestContext {
                 parts,
@@ -538,12 +555,14 @@ impl App {
 
     fn freeze(self) -> Arc<AppShared> {
         Arc::new(AppShared {
+            index: RouteIndex::new(self.routes.iter().map(|r| &r.pattern)),
             routes: self.routes,
             fallback: self.fallback,
             state: self.state,
             draining: AtomicBool::new(false),
             going_away: CancellationToken::new(),
             force_close: CancellationToken::new(),
+            signals: Arc::default(),
             tracker: TaskTracker::new(),
             startup: self.startup,
             shutdown: self.shutdown,
@@ -554,6 +573,7 @@ impl App {
                 self.config.max_connections,
                 self.config.max_connections_per_ip,
             )),
+            http1: crate::server::http1_builder(&self.config),
             config: self.config,
         })
     }

@@ -12,7 +12,6 @@ use switchboard_proto::{
     Decoder, DeflateConfig, DeflateParams, DeflateResponseError, Inflate, Limits, Role,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::sync::CancellationToken;
 
 use crate::ws::{
     compress::Negotiated,
@@ -222,11 +221,8 @@ impl WsClient {
         let (read, write) = tokio::io::split(TokioIo::new(upgraded));
         // Clients answer pings but do not send their own heartbeat.
         let config = crate::ws::WsConfig::default().ping_interval(None);
-        let mut writer_options = config.writer_options(
-            Role::Client,
-            CancellationToken::new(),
-            CancellationToken::new(),
-        );
+        let mut writer_options =
+            config.writer_options(Role::Client, crate::ws::signal::ConnSignal::standalone());
         writer_options.deflate = deflate;
         let shared = spawn_writer(Box::new(write), writer_options);
         let mut decoder = Decoder::new(Role::Client, self.limits.unwrap_or(Limits::DEFAULT));

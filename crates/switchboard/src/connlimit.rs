@@ -27,7 +27,9 @@ pub(crate) struct ConnLimiter {
 #[derive(Debug)]
 pub(crate) struct ConnSlot {
     limiter: Arc<ConnLimiter>,
-    ip: IpAddr,
+    /// The client's entry in the per-IP counts; `None` when there is no
+    /// per-IP limit (then nothing is counted per IP, and no lock is taken).
+    ip: Option<IpAddr>,
 }
 
 impl ConnLimiter {
@@ -59,41 +61,45 @@ impl ConnLimiter {
                 ),
             ));
         }
+        let Some(max_per_ip) = self.max_per_ip else {
+            return Ok(ConnSlot {
+                limiter: Arc::clone(self),
+                ip: None,
+            });
+        };
         let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
         let n = per_ip.entry(ip).or_insert(0);
-        if self.max_per_ip.is_some_and(|max| *n >= max) {
+        if *n >= max_per_ip {
             drop(per_ip);
             self.total.fetch_sub(1, Ordering::AcqRel);
             return Err(Rejection::new(
                 StatusCode::TOO_MANY_REQUESTS,
-                format!(
-                    "too many connections from {ip} (limit {})",
-                    self.max_per_ip.unwrap_or_default()
-                ),
+                format!("too many connections from {ip} (limit {max_per_ip})"),
             ));
         }
         *n += 1;
         Ok(ConnSlot {
             limiter: Arc::clone(self),
-            ip,
+            ip: Some(ip),
         })
     }
 }
 
 impl Drop for ConnSlot {
     fn drop(&mut self) {
-        let mut per_ip = self
-            .limiter
-            .per_ip
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                per_ip.remove(&self.ip);
+        if let Some(ip) = self.ip {
+            let mut per_ip = self
+                .limiter
+                .per_ip
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = per_ip.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    per_ip.remove(&ip);
+                }
             }
         }
-        drop(per_ip);
         self.limiter.total.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -122,5 +128,21 @@ mod tests {
         drop(s1);
         assert_eq!(l.current(), 2);
         let _s4 = l.acquire(b).unwrap();
+    }
+
+    #[test]
+    fn without_a_per_ip_limit_only_the_total_is_counted() {
+        let l = Arc::new(ConnLimiter::new(Some(2), None));
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let s1 = l.acquire(a).unwrap();
+        let _s2 = l.acquire(a).unwrap();
+        assert_eq!(
+            l.acquire(a).unwrap_err().status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert!(l.per_ip.lock().unwrap().is_empty());
+        drop(s1);
+        assert_eq!(l.current(), 1);
+        let _s3 = l.acquire(a).unwrap();
     }
 }

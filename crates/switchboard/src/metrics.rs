@@ -31,7 +31,7 @@
 
 use std::{
     borrow::Cow,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     time::Duration,
 };
 
@@ -72,16 +72,42 @@ pub(crate) struct Recorder {
     rate_limited: Family<Labels<1>, Counter>,
     auth_failures: Family<Labels<1>, Counter>,
     sse_open: Gauge,
+    /// The handshake series by outcome (index in [`OUTCOMES`]), each looked
+    /// up in the family once: a handshake then costs one atomic add, not a
+    /// lock, a label hash and a map probe.
+    outcome_counters: [OnceLock<Counter>; OUTCOMES.len()],
+    /// The close-frame series by direction (sent, received) and code label
+    /// (index in [`CODE_LABELS`]), looked up once each, likewise.
+    close_counters: [[OnceLock<Counter>; CODE_LABELS.len()]; 2],
 }
+
+/// Handshake outcomes, the label values of `switchboard_ws_handshakes`.
+const OUTCOMES: [&str; 8] = [
+    "accepted",
+    "bad_request",
+    "unauthorized",
+    "forbidden",
+    "limited",
+    "unavailable",
+    "error",
+    "other",
+];
+
+/// Close-code label values: the registered codes 1000-1015, then the
+/// folded application ranges and everything else.
+const CODE_LABELS: [&str; 19] = [
+    "1000", "1001", "1002", "1003", "1004", "1005", "1006", "1007", "1008", "1009", "1010", "1011",
+    "1012", "1013", "1014", "1015", "3xxx", "4xxx", "other",
+];
 
 /// Close codes as label values: the registered codes by number, the
 /// application ranges folded, so a peer cannot mint thousands of series.
-fn code_label(code: CloseCode) -> Cow<'static, str> {
+fn code_label(code: CloseCode) -> usize {
     match code.0 {
-        3000..=3999 => Cow::Borrowed("3xxx"),
-        4000..=4999 => Cow::Borrowed("4xxx"),
-        1000..=1015 => Cow::Owned(code.0.to_string()),
-        _ => Cow::Borrowed("other"),
+        c @ 1000..=1015 => usize::from(c - 1000),
+        3000..=3999 => 16,
+        4000..=4999 => 17,
+        _ => 18,
     }
 }
 
@@ -105,6 +131,8 @@ impl Recorder {
             rate_limited: Family::default(),
             auth_failures: Family::default(),
             sse_open: Gauge::default(),
+            outcome_counters: Default::default(),
+            close_counters: Default::default(),
         };
         let reg = registry;
         reg.register(
@@ -167,18 +195,11 @@ impl Recorder {
         );
         // Series that exist from the start (at 0), so a dashboard's rate()
         // sees the first event instead of a series appearing mid-way.
-        for outcome in [
-            "accepted",
-            "bad_request",
-            "unauthorized",
-            "forbidden",
-            "limited",
-            "unavailable",
-            "error",
-        ] {
+        // Every outcome but "other".
+        for outcome in &OUTCOMES[..OUTCOMES.len() - 1] {
             let _ = r
                 .handshakes
-                .get_or_create(&[("outcome", Cow::Borrowed(outcome))]);
+                .get_or_create(&[("outcome", Cow::Borrowed(*outcome))]);
         }
         for action in ["dropped", "closed"] {
             let _ = r
@@ -215,19 +236,24 @@ impl Recorder {
 
     /// One upgrade request answered with `status` after `elapsed`.
     pub(crate) fn handshake(&self, status: StatusCode, elapsed: Duration) {
+        // Indices in OUTCOMES.
         let outcome = match status.as_u16() {
             // 200: an HTTP/2 extended CONNECT accepted (RFC 8441).
-            101 | 200 => "accepted",
-            400 | 426 => "bad_request",
-            401 => "unauthorized",
-            403 => "forbidden",
-            429 => "limited",
-            503 => "unavailable",
-            500..=599 => "error",
-            _ => "other",
+            101 | 200 => 0,
+            400 | 426 => 1,
+            401 => 2,
+            403 => 3,
+            429 => 4,
+            503 => 5,
+            500..=599 => 6,
+            _ => 7,
         };
-        self.handshakes
-            .get_or_create(&[("outcome", Cow::Borrowed(outcome))])
+        self.outcome_counters[outcome]
+            .get_or_init(|| {
+                self.handshakes
+                    .get_or_create(&[("outcome", Cow::Borrowed(OUTCOMES[outcome]))])
+                    .clone()
+            })
             .inc();
         self.handshake_seconds.observe(elapsed.as_secs_f64());
     }
@@ -265,12 +291,17 @@ impl Recorder {
 
     /// A close frame sent (`sent`) or received, with its code.
     pub(crate) fn close_frame(&self, sent: bool, code: CloseCode) {
-        let direction = if sent { "sent" } else { "received" };
-        self.closes
-            .get_or_create(&[
-                ("direction", Cow::Borrowed(direction)),
-                ("code", code_label(code)),
-            ])
+        let label = code_label(code);
+        self.close_counters[usize::from(!sent)][label]
+            .get_or_init(|| {
+                let direction = if sent { "sent" } else { "received" };
+                self.closes
+                    .get_or_create(&[
+                        ("direction", Cow::Borrowed(direction)),
+                        ("code", Cow::Borrowed(CODE_LABELS[label])),
+                    ])
+                    .clone()
+            })
             .inc();
     }
 
@@ -355,11 +386,13 @@ impl Collector for HubCollector {
             "Members cut because their queue was full (sockets and SSE).",
             s.slow_consumers,
         )?;
-        if let Some(bp) = &s.backplane {
+        if s.backplane.is_some() {
+            // The backplane's own count (each failure once, awaited or
+            // not), which `HubStats::backplane_errors` reports.
             counter(
                 "switchboard_backplane_publish_errors",
                 "Backplane publishes that failed.",
-                s.backplane_errors.max(bp.publish_errors),
+                s.backplane_errors,
             )?;
         }
         Ok(())

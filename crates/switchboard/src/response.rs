@@ -1,12 +1,12 @@
 //! HTTP responses: the [`Body`] type and the [`IntoResponse`] conversions
 //! that let handlers return strings, JSON, status codes and tuples.
 
-use std::{convert::Infallible, pin::Pin, task::Poll};
+use std::{pin::Pin, task::Poll};
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use http_body::Frame;
-use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt};
 use serde::Serialize;
 
 /// The boxed error type for streaming bodies.
@@ -17,7 +17,16 @@ pub type Response = http::Response<Body>;
 
 /// A response body: a full buffer or a stream of chunks (SSE, downloads).
 #[derive(Debug)]
-pub struct Body(UnsyncBoxBody<Bytes, BoxError>);
+pub struct Body(Inner);
+
+/// A full buffer is kept as it is (no allocation, no dynamic dispatch:
+/// most responses, and every handshake answer, are one); streams are boxed.
+#[derive(Debug)]
+enum Inner {
+    /// The whole body; `None` once it has been polled out.
+    Full(Option<Bytes>),
+    Stream(UnsyncBoxBody<Bytes, BoxError>),
+}
 
 impl Body {
     /// An empty body.
@@ -31,22 +40,21 @@ impl Body {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        Body(body.map_err(Into::into).boxed_unsync())
+        Body(Inner::Stream(body.map_err(Into::into).boxed_unsync()))
     }
 
     /// Collects the whole body into bytes.
     pub async fn collect_bytes(self) -> Result<Bytes, BoxError> {
-        Ok(self.0.collect().await?.to_bytes())
+        match self.0 {
+            Inner::Full(b) => Ok(b.unwrap_or_default()),
+            Inner::Stream(s) => Ok(s.collect().await?.to_bytes()),
+        }
     }
 }
 
 impl From<Bytes> for Body {
     fn from(b: Bytes) -> Body {
-        Body(
-            Full::new(b)
-                .map_err(|e: Infallible| match e {})
-                .boxed_unsync(),
-        )
+        Body(Inner::Full(Some(b)))
     }
 }
 
@@ -76,15 +84,31 @@ impl http_body::Body for Body {
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.0).poll_frame(cx)
+        match &mut self.0 {
+            // As `http_body_util::Full`: one data frame, none when empty.
+            Inner::Full(b) => Poll::Ready(
+                b.take()
+                    .filter(|b| !b.is_empty())
+                    .map(|b| Ok(Frame::data(b))),
+            ),
+            Inner::Stream(s) => Pin::new(s).poll_frame(cx),
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.0.is_end_stream()
+        match &self.0 {
+            Inner::Full(b) => b.as_ref().is_none_or(Bytes::is_empty),
+            Inner::Stream(s) => s.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.0.size_hint()
+        match &self.0 {
+            Inner::Full(b) => {
+                http_body::SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            Inner::Stream(s) => s.size_hint(),
+        }
     }
 }
 
@@ -220,4 +244,37 @@ pub fn error_response(status: StatusCode, message: &str) -> Response {
     let mut res = with_type(body.to_string().into(), "application/json");
     *res.status_mut() = status;
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body::Body as _;
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn full_bodies_behave_as_http_body_util_full() {
+        let empty = Body::empty();
+        assert!(empty.is_end_stream());
+        assert_eq!(empty.size_hint().exact(), Some(0));
+        let mut empty = empty;
+        assert!(empty.frame().await.is_none());
+
+        let mut full = Body::from("hello");
+        assert!(!full.is_end_stream());
+        assert_eq!(full.size_hint().exact(), Some(5));
+        let frame = full.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), Bytes::from_static(b"hello"));
+        assert!(full.is_end_stream());
+        assert!(full.frame().await.is_none());
+
+        assert_eq!(
+            Body::from(vec![1u8, 2]).collect_bytes().await.unwrap(),
+            Bytes::from_static(&[1, 2])
+        );
+        let stream = Body::new(http_body_util::Full::new(Bytes::from_static(b"s")));
+        assert!(!stream.is_end_stream());
+        assert_eq!(stream.collect_bytes().await.unwrap(), Bytes::from_static(b"s"));
+    }
 }

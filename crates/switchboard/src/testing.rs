@@ -95,7 +95,7 @@ impl TestClient {
             .await
             .is_err()
         {
-            self.shared.force_close.cancel();
+            self.shared.force_close_now();
         }
         self.shared.run_shutdown().await;
     }

@@ -4,8 +4,9 @@
 use std::{collections::HashMap, time::Duration};
 
 use switchboard::{
-    hub::{Backplane, ConnId, RecoveryError, StreamPosition},
-    CloseCode, CloseFrame, Message,
+    hub::{Backplane, ConnId, Envelope, RecoveryError, StreamPosition},
+    proto::OpCode,
+    Bytes, CloseCode, CloseFrame, Message,
 };
 
 use crate::{redis_testing::RedisServer, support::*};
@@ -61,6 +62,61 @@ async fn three_nodes_deliver_every_broadcast_exactly_once_in_order() {
         assert_eq!(h.publish_errors, 0);
         assert_eq!(node.hub.stats().backplane_errors, 0);
     }
+}
+
+/// The hub's broadcasts drop the backplane's future at once (no task per
+/// message), so a queued message must be sent whether or not anyone waits
+/// for its acknowledgement (the `Backplane::publish` contract). A writer
+/// that dropped jobs whose future was gone loses every one of these.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fire_and_forget_broadcasts_reach_the_other_node() {
+    const N: usize = 20;
+    let redis = RedisServer::start();
+    let a = Node::start(fast(&redis.url(), "a")).await;
+    let b = Node::start(fast(&redis.url(), "b")).await;
+    let mut b1 = b.member("r", "b1").await;
+    subscribed(&[&b], "r").await;
+    // `Hub::broadcast_to` (through `publish_frame`), from a task.
+    for i in 0..N {
+        a.hub.broadcast_to("r", format!("task {i}"));
+    }
+    // The same from a thread outside any runtime.
+    let hub = a.hub.clone();
+    std::thread::spawn(move || {
+        for i in 0..N {
+            hub.broadcast_to("r", format!("thread {i}"));
+        }
+    })
+    .join()
+    .unwrap();
+    // The backplane itself: each future dropped without ever being polled.
+    for i in 0..N {
+        drop(a.bp.publish(Envelope {
+            origin: "a".into(),
+            room: "r".into(),
+            opcode: OpCode::Text,
+            payload: Bytes::from(format!("direct {i}")),
+            offset: None,
+        }));
+    }
+    // All of them, in the order they were published.
+    for kind in ["task", "thread", "direct"] {
+        for i in 0..N {
+            assert_eq!(
+                recv_within(&mut b1, Duration::from_secs(5)).await,
+                format!("{kind} {i}")
+            );
+        }
+    }
+    nothing_more(&mut b1, Duration::from_millis(200)).await;
+    // And recorded in the room's stream, under consecutive offsets.
+    assert_eq!(
+        b.hub.position("r").await.unwrap().offset,
+        3 * N as u64,
+        "every message in the stream"
+    );
+    assert_eq!(a.bp.health().publish_errors, 0);
+    assert_eq!(a.hub.stats().backplane_errors, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

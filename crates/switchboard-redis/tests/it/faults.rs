@@ -28,6 +28,32 @@ const RESUME: Duration = Duration::from_secs(3);
 /// `publish` fails within its timeout (500 ms) plus scheduling slack.
 const PUBLISH_BOUND: Duration = Duration::from_millis(800);
 
+/// A failed publish nobody awaits is counted once its pipeline gives up:
+/// at most the publish timeout (its deadline) plus the command timeout
+/// (the pipeline's own wait), 500 ms each, plus scheduling slack.
+const COUNT_BOUND: Duration = Duration::from_millis(1500);
+
+/// Tasks alive on this test's runtime.
+fn alive_tasks() -> usize {
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+}
+
+/// Publish failures as the backplane, the hub's stats and `/metrics` see
+/// them; they must agree.
+fn publish_errors(node: &Node) -> u64 {
+    let counted = node.bp.health().publish_errors;
+    let stats = node.hub.stats();
+    assert_eq!(stats.backplane_errors, counted, "hub stats disagree");
+    assert_eq!(
+        stats.backplane.map(|h| h.publish_errors),
+        Some(counted),
+        "hub stats' health disagrees"
+    );
+    counted
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_under_load_local_rooms_carry_on_and_delivery_resumes() {
     const MAX_MESSAGES: usize = 20_000;
@@ -320,6 +346,80 @@ async fn redis_stalled_calls_time_out_health_turns_red_nothing_hangs() {
     eprintln!("delivering {:?} after SIGCONT", back.elapsed());
 }
 
+/// Broadcasts drop the backplane's future (no task each), so failures
+/// are counted by the backplane itself: N fire-and-forget broadcasts that
+/// fail raise the count by exactly N, within a bounded time, whether Redis
+/// is stalled (queued, sent, then timed out by the writer) or known dead
+/// (refused at once). Publishes awaited alongside them are counted once
+/// too: their futures time out first (the command timeout is longer than
+/// the publish timeout here), and only the writer counts them, later.
+///
+/// On a current-thread runtime nothing else runs while the broadcasts are
+/// made, so the task count before and after them is exact.
+#[tokio::test]
+async fn fire_and_forget_failures_are_counted_exactly_once_without_a_task_each() {
+    const N: u64 = 100;
+    const AWAITED: u64 = 5;
+    let mut redis = RedisServer::start();
+    let config = fast(&redis.url(), "a").command_timeout(Duration::from_millis(1000));
+    // Publish timeout (500 ms) + command timeout + slack.
+    let count_bound = Duration::from_millis(2000);
+    let a = Node::start(config).await;
+    let _a1 = a.member("r", "a1").await;
+    assert_eq!(publish_errors(&a), 0);
+    let awaited = |what: &'static str| {
+        futures_util::future::join_all((0..AWAITED).map(|_| a.hub.publish("r", what)))
+    };
+
+    // Stalled: everything is queued and sent, and Redis never answers.
+    redis.pause();
+    let tasks = alive_tasks();
+    for i in 0..N {
+        a.hub.broadcast_to("r", format!("stalled {i}"));
+    }
+    assert!(
+        alive_tasks() <= tasks,
+        "{} tasks spawned by {N} broadcasts",
+        alive_tasks() - tasks
+    );
+    let t = Instant::now();
+    // Queued behind the broadcasts, while the link still looks up.
+    for r in awaited("stalled, awaited").await {
+        assert!(r.unwrap_err().0.contains("timed out"));
+    }
+    assert!(t.elapsed() < PUBLISH_BOUND, "took {:?}", t.elapsed());
+    wait_for("stalled publishes counted", count_bound, || {
+        publish_errors(&a) >= N + AWAITED
+    })
+    .await;
+    eprintln!("stalled publishes counted after {:?}", t.elapsed());
+    // Exactly once each: nothing more turns up later.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(publish_errors(&a), N + AWAITED);
+
+    // Dead, and known to be: refused at once, and counted in the call.
+    redis.kill();
+    wait_for("command connection known down", RESUME, || {
+        a.bp.health()
+            .detail
+            .is_some_and(|d| d.contains("command connection down"))
+    })
+    .await;
+    let before = publish_errors(&a);
+    let tasks = alive_tasks();
+    for i in 0..N {
+        a.hub.broadcast_to("r", format!("dead {i}"));
+    }
+    assert!(alive_tasks() <= tasks, "tasks spawned by broadcasts");
+    assert_eq!(publish_errors(&a), before + N, "counted in the call");
+    for r in awaited("dead, awaited").await {
+        assert!(r.is_err());
+    }
+    assert_eq!(publish_errors(&a), before + N + AWAITED);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(publish_errors(&a), before + N + AWAITED);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silently_dead_subscription_turns_health_red_and_is_rebuilt() {
     let redis = RedisServer::start();
@@ -400,6 +500,15 @@ async fn the_publish_queue_is_bounded() {
     }
     assert!(full >= 40, "only {full} of 50 refused by the full queue");
     assert!(t.elapsed() < PUBLISH_BOUND, "took {:?}", t.elapsed());
+    // Every one of the 50 failures counted, each once: the refused ones
+    // in the call, the queued ones by the writer when it gives up on them.
+    wait_for("all 50 counted", COUNT_BOUND, || {
+        a.bp.health().publish_errors >= 50
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(a.bp.health().publish_errors, 50);
+    assert_eq!(a.hub.stats().backplane_errors, 50);
     redis.resume();
 }
 

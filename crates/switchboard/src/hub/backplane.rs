@@ -16,11 +16,31 @@
 //! dropped hub alive, and a backplane must not call it while holding a lock
 //! of its own (the hub calls the backplane under the hub lock).
 //!
-//! Contract for implementors: [`Backplane::publish`] must take its place in
-//! the outgoing order *when called* (not when its future is polled), so a
-//! room's messages from one node stay in order; its future must resolve
-//! within a bounded time even when the transport is down; nothing may
-//! buffer without bound.
+//! Contract for implementors, for [`Backplane::publish`]:
+//!
+//! - **Order.** The envelope takes its place in the outgoing order *when
+//!   `publish` is called* (not when its future is polled), so a room's
+//!   messages from one node stay in order.
+//! - **Fire and forget.** An accepted envelope is sent even if the returned
+//!   future is dropped, unpolled or not: dropping it only discards the
+//!   acknowledgement. The hub relies on this: its broadcasts
+//!   ([`Hub::broadcast_to`], [`Hub::publish_frame`], ...) drop the future
+//!   at once. The only envelopes not sent are those whose failure is
+//!   reported (or would be, to a caller awaiting it): refused at once
+//!   (transport known down, queue full), or still unsent when their bounded
+//!   time ran out — a publish reported as failed before it was sent is
+//!   never sent later.
+//! - **Failures are counted by the backplane.** Every failure of a publish
+//!   (transport down, queue full, timeout before it was sent or before it
+//!   was confirmed, script or server error) is counted in
+//!   [`BackplaneHealth::publish_errors`] exactly once, whether or not anyone
+//!   awaits the future: the count equals the number of `Err` results that
+//!   awaiting every future would have seen. Callers never count them again
+//!   (the hub's [`HubStats::backplane_errors`] is this number).
+//! - **Bounded.** The future resolves within a bounded time even when the
+//!   transport is down, and a failure is counted within a bounded time of
+//!   the call even when nobody polls the future; nothing may buffer without
+//!   bound.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -81,7 +101,9 @@ pub struct BackplaneHealth {
     pub detail: Option<String>,
     /// Rooms this node is subscribed to.
     pub subscriptions: usize,
-    /// Publishes that failed since start.
+    /// Publishes that failed since start, each counted once by the
+    /// backplane whether or not its future was awaited (see
+    /// [`Backplane::publish`]).
     pub publish_errors: u64,
 }
 
@@ -152,7 +174,12 @@ pub trait Backplane: Send + Sync + 'static {
     fn unsubscribe(&self, room: &str);
 
     /// Sends `envelope` to the other nodes (and records it in the room's
-    /// history). See the module docs for the ordering and time contract.
+    /// history). The envelope takes its place in the outgoing order now,
+    /// and is sent even if the returned future is dropped: the future only
+    /// carries the acknowledgement (where the message landed, or why it
+    /// failed), and resolves within a bounded time. Every failure is
+    /// counted once in [`BackplaneHealth::publish_errors`] by the
+    /// backplane itself, awaited or not. See the module docs.
     fn publish(&self, envelope: Envelope) -> BackplaneFuture<Result<Published, BackplaneError>>;
 
     /// Records a member in the room's cluster-wide presence.
@@ -192,7 +219,9 @@ pub trait Backplane: Send + Sync + 'static {
 
 /// An in-process backplane: hubs attached to the same bus behave as nodes
 /// of one cluster. Useful in tests and to try cluster semantics without
-/// Redis; history is kept per room (last `history` messages).
+/// Redis; history is kept per room (last `history` messages). A publish is
+/// delivered during the `publish` call itself (its future is already
+/// resolved), so it never fails and dropping the future loses nothing.
 #[derive(Clone)]
 pub struct MemoryBus {
     inner: Arc<Mutex<BusState>>,
@@ -362,7 +391,9 @@ impl Backplane for MemoryNode {
             })
             .filter_map(|n| n.sink.lock().unwrap_or_else(|p| p.into_inner()).clone())
             .collect();
-        // Delivered under the bus lock, so every node sees one order.
+        // Delivered under the bus lock, so every node sees one order. All
+        // of it happens here, in the call: dropping the future loses
+        // nothing, and a publish cannot fail (`publish_errors` stays 0).
         for sink in targets {
             sink.deliver(envelope.clone());
         }
@@ -437,6 +468,7 @@ impl Backplane for MemoryNode {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .len(),
+            // Nothing can fail: delivery is a function call.
             publish_errors: 0,
         }
     }

@@ -169,7 +169,9 @@ pub struct HubStats {
     /// The backplane's health, when clustered.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backplane: Option<BackplaneHealth>,
-    /// Backplane publishes that failed since start.
+    /// Backplane publishes that failed since start: the backplane's own
+    /// count ([`BackplaneHealth::publish_errors`], each failure once,
+    /// awaited or not); 0 when not clustered.
     pub backplane_errors: u64,
 }
 
@@ -254,7 +256,6 @@ struct Inner {
     state: Mutex<State>,
     /// Other nodes, when clustered (`None`: single node, in memory).
     backplane: Option<Arc<dyn Backplane>>,
-    backplane_errors: Arc<AtomicU64>,
     config: HubConfig,
     presence: broadcast::Sender<PresenceEvent>,
     next_id: AtomicU64,
@@ -321,7 +322,6 @@ impl Hub {
             inner: Arc::new(Inner {
                 state: Mutex::new(State::default()),
                 backplane: None,
-                backplane_errors: Arc::new(AtomicU64::new(0)),
                 config,
                 presence,
                 next_id: AtomicU64::new(1),
@@ -338,7 +338,6 @@ impl Hub {
         let inner = Arc::new(Inner {
             state: Mutex::new(State::default()),
             backplane: Some(Arc::clone(&backplane)),
-            backplane_errors: Arc::new(AtomicU64::new(0)),
             config,
             presence,
             next_id: AtomicU64::new(1),
@@ -662,24 +661,20 @@ impl Hub {
     /// counted in stats — use [`Hub::publish`] to see it).
     pub fn publish_frame(&self, room: &str, frame: Frame, except: Option<ConnId>) -> Delivery {
         let (delivery, remote) = self.publish_local(room, frame, except);
-        // The message is already queued by the backplane; the task only
-        // counts a failed acknowledgement (none without a runtime).
-        if let (Some(ack), Ok(rt)) = (remote, tokio::runtime::Handle::try_current()) {
-            let errors = Arc::clone(&self.inner.backplane_errors);
-            rt.spawn(async move {
-                if let Err(e) = ack.await {
-                    errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(error = %e, "backplane publish failed");
-                }
-            });
-        }
+        // Fire and forget: the backplane took the message when called and
+        // sends it without anyone awaiting this, and counts a failure
+        // itself (the `Backplane::publish` contract). Only the
+        // acknowledgement is dropped.
+        drop(remote);
         delivery
     }
 
     /// Publishes to `room` on this node and, when clustered, on every other
     /// node; resolves once the backplane accepted the message (within its
     /// bounded timeout). Local members get the message even when the
-    /// backplane fails.
+    /// backplane fails; the failure is counted by the backplane (in
+    /// [`HubStats::backplane_errors`]), once. A close message is refused
+    /// before anything is published (not a backplane failure, not counted).
     pub async fn publish(
         &self,
         room: &str,
@@ -689,13 +684,8 @@ impl Hub {
             .map_err(|_| BackplaneError("close frames are not published".into()))?;
         let (mut delivery, remote) = self.publish_local(room, frame, None);
         if let Some(ack) = remote {
-            match ack.await {
-                Ok(p) => delivery.offset = Some(p.offset),
-                Err(e) => {
-                    self.inner.backplane_errors.fetch_add(1, Ordering::Relaxed);
-                    return Err(e);
-                }
-            }
+            // A failure is already counted by the backplane.
+            delivery.offset = Some(ack.await?.offset);
         }
         Ok(delivery)
     }
@@ -914,6 +904,9 @@ impl Hub {
 
     /// Connection and room counts.
     pub fn stats(&self) -> HubStats {
+        // One reading of the backplane's health, so its error count and
+        // `backplane_errors` agree.
+        let backplane = self.inner.backplane.as_ref().map(|bp| bp.health());
         let st = self.lock();
         HubStats {
             connections: st.conns.len(),
@@ -926,8 +919,8 @@ impl Hub {
             slow_consumers: self.inner.slow.load(Ordering::Relaxed),
             broadcasts: self.inner.broadcasts.load(Ordering::Relaxed),
             deliveries: self.inner.deliveries.load(Ordering::Relaxed),
-            backplane: self.inner.backplane.as_ref().map(|bp| bp.health()),
-            backplane_errors: self.inner.backplane_errors.load(Ordering::Relaxed),
+            backplane_errors: backplane.as_ref().map_or(0, |h| h.publish_errors),
+            backplane,
         }
     }
 

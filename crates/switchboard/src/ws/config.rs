@@ -270,8 +270,7 @@ impl WsConfig {
     pub(crate) fn writer_options(
         &self,
         role: switchboard_proto::Role,
-        going_away: tokio_util::sync::CancellationToken,
-        force: tokio_util::sync::CancellationToken,
+        signal: std::sync::Arc<crate::ws::signal::ConnSignal>,
     ) -> crate::ws::writer::WriterOptions {
         crate::ws::writer::WriterOptions {
             role,
@@ -281,10 +280,10 @@ impl WsConfig {
             ping_interval: self.ping_interval,
             pong_timeout: self.pong_timeout,
             idle_timeout: self.idle_timeout,
-            going_away,
-            force,
+            signal,
             deflate: None,
             metrics: None,
+            plain_tcp: false,
         }
     }
 }

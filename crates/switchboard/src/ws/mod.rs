@@ -5,6 +5,7 @@ pub(crate) mod compress;
 pub(crate) mod config;
 pub(crate) mod events;
 pub(crate) mod message;
+pub(crate) mod signal;
 pub(crate) mod socket;
 pub(crate) mod upgrade;
 pub(crate) mod writer;

@@ -36,9 +36,15 @@ use crate::{
     },
 };
 
-/// Read buffer growth step: one typical TCP receive, enough for most
-/// messages in one read while keeping idle sockets small.
-const READ_CHUNK: usize = 8 * 1024;
+/// Most bytes the first read of a connection takes (through the stack, so
+/// a connection that never sends holds no read buffer), and the first step
+/// the buffer then grows by.
+const FIRST_READ: usize = 1024;
+/// The largest step the read buffer grows by: steps double each time a read
+/// fills all the room it had (a busy or bulk connection), from `FIRST_READ`.
+const MAX_READ_CHUNK: usize = 64 * 1024;
+/// Below this much free room the buffer grows before the next read.
+const MIN_FREE: usize = 256;
 
 /// The reading side's state; moved to the close path if the receiver is
 /// dropped before the connection closed.
@@ -48,6 +54,9 @@ pub(crate) struct ReadState {
     /// in a `Send` future, without `unsafe`.
     io: std::sync::Mutex<Box<dyn AsyncRead + Send + Unpin>>,
     buf: BytesMut,
+    /// What the buffer grows by when it runs out of room; 0 until the first
+    /// read.
+    chunk: usize,
     decoder: Decoder,
 }
 
@@ -57,11 +66,11 @@ impl ReadState {
         decoder: Decoder,
         initial: Bytes,
     ) -> Self {
-        let mut buf = BytesMut::with_capacity(READ_CHUNK.max(initial.len()));
-        buf.extend_from_slice(&initial);
         ReadState {
             io: std::sync::Mutex::new(io),
-            buf,
+            // Empty (no allocation) unless the handshake read ahead.
+            buf: BytesMut::from(&initial[..]),
+            chunk: if initial.is_empty() { 0 } else { FIRST_READ },
             decoder,
         }
     }
@@ -72,12 +81,41 @@ impl ReadState {
             if let Some(ev) = self.decoder.decode(&mut self.buf)? {
                 return Ok(Some(ev));
             }
-            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
-                self.buf.reserve(READ_CHUNK);
+            let ReadState { io, buf, chunk, .. } = self;
+            let io = io.get_mut().unwrap_or_else(|p| p.into_inner());
+            if *chunk == 0 {
+                // Nothing read yet: read into the stack and keep only what
+                // arrived (idle connections hold no buffer, see
+                // docs/BENCHMARKS.md, idle memory).
+                let n = std::future::poll_fn(|cx| {
+                    let mut first = [0u8; FIRST_READ];
+                    let mut rb = tokio::io::ReadBuf::new(&mut first);
+                    match std::pin::Pin::new(&mut **io).poll_read(cx, &mut rb) {
+                        std::task::Poll::Ready(Ok(())) => {
+                            buf.extend_from_slice(rb.filled());
+                            std::task::Poll::Ready(Ok(rb.filled().len()))
+                        }
+                        std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
+                        std::task::Poll::Pending => std::task::Poll::Pending,
+                    }
+                })
+                .await?;
+                if n == 0 {
+                    return Ok(None);
+                }
+                *chunk = FIRST_READ;
+                continue;
             }
-            let io = self.io.get_mut().unwrap_or_else(|p| p.into_inner());
-            if io.read_buf(&mut self.buf).await? == 0 {
+            if buf.capacity() - buf.len() < MIN_FREE {
+                buf.reserve(*chunk);
+            }
+            let room = buf.capacity() - buf.len();
+            let n = io.read_buf(buf).await?;
+            if n == 0 {
                 return Ok(None);
+            }
+            if n >= room {
+                *chunk = (*chunk * 2).min(MAX_READ_CHUNK);
             }
         }
     }
@@ -286,13 +324,20 @@ impl Receiver {
                     .unwrap_or_else(|| CloseFrame::new(CloseCode::ABNORMAL, ""));
                 return Err(Error::disconnect(ended));
             };
-            // Borrowed, not cloned: a clone and its drop each lock the
-            // token's tree node, on every message.
-            let killed = &self.shared.killed;
-            let event = tokio::select! {
-                biased;
-                _ = killed.cancelled() => None,
-                ev = state.next_event() => Some(ev),
+            // Killed (slow consumer, dead peer, forced shutdown) wins over
+            // reading; the check is a waker registration and a load (see
+            // signal.rs for why not a cancellation token).
+            let signal = &self.shared.signal;
+            let event = {
+                let next = state.next_event();
+                let mut next = std::pin::pin!(next);
+                std::future::poll_fn(|cx| {
+                    if signal.poll_killed(cx).is_ready() {
+                        return std::task::Poll::Ready(None);
+                    }
+                    std::future::Future::poll(next.as_mut(), cx).map(Some)
+                })
+                .await
             };
             let Some(event) = event else {
                 let frame = self

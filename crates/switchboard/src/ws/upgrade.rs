@@ -13,9 +13,9 @@
 //! or 500 if the handler failed. After the handler ends, an open socket is
 //! closed with 1000, or 1011 if the handler returned an error or panicked.
 
-use std::sync::Arc;
+use std::{future::Future, sync::Arc};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
 use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use hyper::upgrade::{OnUpgrade, Upgraded};
@@ -39,6 +39,7 @@ use crate::{
     ws::{
         compress::Negotiated,
         config::WsConfig,
+        signal::ConnSignal,
         socket::{linger, ConnInfo, ReadState, Receiver, RecvPolicy, Sender, Socket},
         writer::{spawn_writer, Slot},
     },
@@ -53,14 +54,20 @@ type ResponseSlot = Arc<std::sync::Mutex<Option<oneshot::Sender<Response>>>>;
 /// [`reject`](WebSocket::reject) it with an HTTP status.
 #[derive(Debug)]
 pub struct WebSocket {
-    info: ConnInfo,
-    request: UpgradeRequest,
+    // Boxed, like the accept future below: the handler's future holds the
+    // `WebSocket` for the connection's whole life, so every byte here is a
+    // byte per idle connection (docs/BENCHMARKS.md, idle memory).
+    info: Box<ConnInfo>,
+    request: Box<UpgradeRequest>,
     config: Arc<WsConfig>,
     respond: ResponseSlot,
     on_upgrade: Option<OnUpgrade>,
     app: Arc<AppShared>,
     extensions: http::Extensions,
     accepted: Arc<std::sync::OnceLock<Arc<super::writer::Shared>>>,
+    /// The connection's kill/going-away/forced signals (registered with the
+    /// app when the request arrived).
+    signal: Arc<ConnSignal>,
     /// An HTTP/2 extended CONNECT (RFC 8441): accept answers 200, not 101.
     over_h2: bool,
 }
@@ -94,12 +101,22 @@ impl Accept {
 
 impl WebSocket {
     /// Accepts with the route's subprotocol choice.
-    pub async fn accept(self) -> Result<Socket, Error> {
-        self.accept_with(Accept::new()).await
+    pub fn accept(self) -> impl Future<Output = Result<Socket, Error>> + Send {
+        self.accept_with(Accept::new())
     }
 
     /// Accepts with an explicit subprotocol and extra response headers.
-    pub async fn accept_with(mut self, options: Accept) -> Result<Socket, Error> {
+    pub fn accept_with(
+        self,
+        options: Accept,
+    ) -> impl Future<Output = Result<Socket, Error>> + Send {
+        // On the heap: the handshake's state (the response, the upgrade)
+        // is large and only needed once, and an inline future would keep
+        // room for it in the handler's future for the connection's life.
+        Box::pin(self.accept_inner(options))
+    }
+
+    async fn accept_inner(mut self, options: Accept) -> Result<Socket, Error> {
         let protocol = match options.protocol {
             Some(p) if self.request.protocols.contains(&p) => Some(p),
             Some(p) => {
@@ -128,7 +145,8 @@ impl WebSocket {
             h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             h.insert(
                 header::SEC_WEBSOCKET_ACCEPT,
-                HeaderValue::from_str(&self.request.accept)
+                // The computed key moves into the header (no copy).
+                HeaderValue::try_from(std::mem::take(&mut self.request.accept))
                     .map_err(|_| Error::handshake("invalid accept key"))?,
             );
         }
@@ -152,21 +170,22 @@ impl WebSocket {
                     .map_err(|_| Error::handshake("invalid extension answer"))?,
             );
         }
-        h.extend(options.headers);
+        if !options.headers.is_empty() {
+            h.extend(options.headers);
+        }
         if responder.send(res).is_err() {
             return Err(Error::handshake("the client went away before the upgrade"));
         }
         let upgraded = on_upgrade
             .await
             .map_err(|e| Error::handshake(format!("upgrade failed: {e}")))?;
-        let (read, write, leftover) = split_io(upgraded);
-        let mut writer_options = self.config.writer_options(
-            Role::Server,
-            self.app.going_away.child_token(),
-            self.app.force_close.child_token(),
-        );
+        let (read, write, leftover, plain_tcp) = split_io(upgraded);
+        let mut writer_options = self
+            .config
+            .writer_options(Role::Server, Arc::clone(&self.signal));
         writer_options.deflate = deflate;
         writer_options.metrics = self.app.metrics.clone();
+        writer_options.plain_tcp = plain_tcp;
         let shared = spawn_writer(write, writer_options);
         let _ = self.accepted.set(Arc::clone(&shared));
         let mut decoder = Decoder::new(Role::Server, self.config.limits);
@@ -175,7 +194,10 @@ impl WebSocket {
             decoder.set_extension(Box::new(Inflate::for_connection(&n.params, Role::Server)));
         }
         let reader = ReadState::new(read, decoder, leftover);
-        self.info.protocol = protocol;
+        // Moved, not cloned: the socket owns the request facts from here.
+        let mut info = self.info;
+        info.protocol = protocol;
+        let info: Arc<ConnInfo> = Arc::from(info);
         let mut socket = Socket::new(
             Sender {
                 shared: Arc::clone(&shared),
@@ -185,9 +207,9 @@ impl WebSocket {
                 shared,
                 RecvPolicy::new(self.config.rate_limit, self.config.max_control_per_sec),
             ),
-            Arc::new(self.info.clone()),
+            info,
         );
-        *socket.extensions_mut() = std::mem::take(&mut self.extensions);
+        *socket.extensions_mut() = self.extensions;
         if let Some(expiry) = socket.extensions().get::<crate::auth::TokenExpiry>() {
             socket.sender().shared.set_expiry(Some(expiry.0));
         }
@@ -242,43 +264,61 @@ fn choose_protocol(supported: &[String], offered: &[String]) -> Option<String> {
     offered.iter().find(|p| supported.contains(p)).cloned()
 }
 
-/// Copies header values into allocations of their own. hyper parses them as
-/// slices of its connection read buffer (8 KiB), so keeping the originals
-/// for the socket's lifetime would keep that whole buffer alive per
-/// connection (measured: 8 KiB of RSS per idle socket).
-fn detach_headers(headers: &HeaderMap) -> HeaderMap {
-    let mut out = HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
-        let mut copy = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
-        copy.set_sensitive(value.is_sensitive());
-        out.append(name.clone(), copy);
+/// Moves the request's header values and URI out of hyper's connection
+/// read buffer (8 KiB): hyper parses them as slices of it, so keeping the
+/// originals for the socket's lifetime would keep that whole buffer alive
+/// per connection (measured: 8 KiB of RSS per idle socket). The values and
+/// the URI are copied into one allocation of their own, sized to fit, and
+/// the values are replaced in place (the map itself is reused).
+fn detach(uri: &Uri, headers: &mut HeaderMap) -> Uri {
+    // An origin-form URI (`/path?query`, what HTTP/1.1 clients send) is
+    // re-parsed from the copy; any other form is rebuilt from its text.
+    let origin_form = uri.scheme().is_none() && uri.authority().is_none();
+    let path = match uri.path_and_query() {
+        Some(pq) if origin_form => pq.as_str(),
+        _ => "",
+    };
+    let values: usize = headers.values().map(HeaderValue::len).sum();
+    let mut buf = BytesMut::with_capacity(values + path.len());
+    for value in headers.values() {
+        buf.extend_from_slice(value.as_bytes());
     }
-    out
-}
-
-/// The request URI without references into hyper's read buffer (see
-/// [`detach_headers`]).
-fn detach_uri(uri: &Uri) -> Uri {
-    Uri::try_from(uri.to_string()).unwrap_or_else(|_| uri.clone())
+    buf.extend_from_slice(path.as_bytes());
+    let buf = buf.freeze();
+    let mut at = 0;
+    for value in headers.values_mut() {
+        let end = at + value.len();
+        if let Ok(mut copy) = HeaderValue::from_maybe_shared(buf.slice(at..end)) {
+            copy.set_sensitive(value.is_sensitive());
+            *value = copy;
+        }
+        at = end;
+    }
+    if path.is_empty() {
+        return Uri::try_from(uri.to_string()).unwrap_or_else(|_| uri.clone());
+    }
+    Uri::from_maybe_shared(buf.slice(at..)).unwrap_or_else(|_| uri.clone())
 }
 
 /// Splits the upgraded connection into owned halves. A plain TCP stream is
-/// unwrapped so reads and writes need no lock between them.
+/// unwrapped so reads and writes need no lock between them (and reported,
+/// last: its senders may write directly, see `writer.rs`).
 fn split_io(
     upgraded: Upgraded,
 ) -> (
     Box<dyn AsyncRead + Send + Unpin>,
     Box<dyn AsyncWrite + Send + Unpin>,
     Bytes,
+    bool,
 ) {
     match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => {
             let (r, w) = parts.io.into_inner().into_split();
-            (Box::new(r), Box::new(w), parts.read_buf)
+            (Box::new(r), Box::new(w), parts.read_buf, true)
         }
         Err(upgraded) => {
             let (r, w) = tokio::io::split(TokioIo::new(upgraded));
-            (Box::new(r), Box::new(w), Bytes::new())
+            (Box::new(r), Box::new(w), Bytes::new(), false)
         }
     }
 }
@@ -332,12 +372,14 @@ pub(crate) async fn serve(
         Err(rejection) => return rejection.into_response(),
     };
     let mut refusal = None;
+    let mut middleware_ran = false;
     for m in app
         .middleware
         .iter()
         .chain(&app.ws_middleware)
         .chain(&config.middleware)
     {
+        middleware_ran = true;
         match m.before(&mut cx) {
             Ok(()) => {}
             Err(Reject::Http(r)) => return r.into_response(),
@@ -349,7 +391,10 @@ pub(crate) async fn serve(
     }
     // Middleware may have removed entries (an auth token) from the offer.
     let mut request = request;
-    request.protocols = switchboard_proto::parse_protocols(&cx.parts.headers).unwrap_or_default();
+    if middleware_ran {
+        request.protocols =
+            switchboard_proto::parse_protocols(&cx.parts.headers).unwrap_or_default();
+    }
     if !config.protocols.is_empty()
         && !request.protocols.is_empty()
         && choose_protocol(&config.protocols, &request.protocols).is_none()
@@ -386,32 +431,47 @@ pub(crate) async fn serve(
     let (tx, rx) = oneshot::channel();
     let respond: ResponseSlot = Arc::new(std::sync::Mutex::new(Some(tx)));
     let accepted = Arc::new(std::sync::OnceLock::new());
+    let signal = app.signals.register();
+    let mut headers = std::mem::take(&mut cx.parts.headers);
+    let uri = detach(&cx.parts.uri, &mut headers);
+    // For the log lines below; a clone shares the URI's bytes.
+    let logged_uri = uri.clone();
     let ws = WebSocket {
-        info: ConnInfo {
-            uri: detach_uri(&cx.parts.uri),
-            headers: detach_headers(&cx.parts.headers),
+        info: Box::new(ConnInfo {
+            uri,
+            headers,
             params: std::mem::take(&mut cx.params),
             query,
             remote: cx.remote,
             protocol: None,
-        },
-        request,
+        }),
+        request: Box::new(request),
         config,
         respond: Arc::clone(&respond),
         on_upgrade,
         app: Arc::clone(&app),
         extensions: std::mem::take(&mut cx.parts.extensions),
         accepted: Arc::clone(&accepted),
+        signal: Arc::clone(&signal),
         over_h2,
     };
-    let path = ws.info.uri.path().to_owned();
-    let force = app.force_close.clone();
     app.tracker.spawn(async move {
         // Held for the connection's lifetime (connection limits).
         let _slot = slot;
-        let outcome = tokio::select! {
-            r = std::panic::AssertUnwindSafe(handler(ws)).catch_unwind() => r,
-            _ = force.cancelled() => return,
+        let path = logged_uri.path();
+        let outcome = {
+            let run = std::panic::AssertUnwindSafe(handler(ws)).catch_unwind();
+            let mut run = std::pin::pin!(run);
+            // Dropped when the shutdown deadline passes; polled per message,
+            // hence a lock-free signal (see signal.rs).
+            let forced = std::future::poll_fn(|cx| match signal.poll_forced(cx) {
+                std::task::Poll::Ready(()) => std::task::Poll::Ready(None),
+                std::task::Poll::Pending => std::future::Future::poll(run.as_mut(), cx).map(Some),
+            });
+            match forced.await {
+                Some(outcome) => outcome,
+                None => return,
+            }
         };
         let (status, close) = match outcome {
             Ok(Ok(())) => (
@@ -419,7 +479,17 @@ pub(crate) async fn serve(
                 CloseFrame::new(CloseCode::NORMAL, ""),
             ),
             Ok(Err(e)) => {
-                tracing::error!(path = %path, error = %e, "websocket handler failed");
+                let from_peer = e
+                    .downcast_ref::<Error>()
+                    .is_some_and(|e| e.is_disconnect() || e.is_io() || e.is_protocol());
+                if from_peer {
+                    // The peer went away or broke the protocol: the handler
+                    // only passed that on. Not a server fault, and a client
+                    // that resets its connection must not cost a log line.
+                    tracing::debug!(path = %path, error = %e, "websocket handler ended by the peer");
+                } else {
+                    tracing::error!(path = %path, error = %e, "websocket handler failed");
+                }
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,
                     CloseFrame::new(CloseCode::INTERNAL_ERROR, "internal error"),
@@ -453,7 +523,9 @@ pub(crate) async fn serve(
                 std::mem::replace(&mut *slot, Slot::HandlerDone)
             };
             if let Slot::Parked(state) = parked {
-                linger(state, Arc::clone(shared), close).await;
+                // Boxed: its read and timer state would otherwise sit in
+                // this task for the connection's whole life.
+                Box::pin(linger(state, Arc::clone(shared), close)).await;
             } else if close.code == CloseCode::INTERNAL_ERROR {
                 // The receiver lives on elsewhere; still tell the peer.
                 shared.send_close(Some(&close));

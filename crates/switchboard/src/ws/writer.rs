@@ -1,26 +1,46 @@
-//! The per-connection outbound path: a byte-bounded queue and the single
-//! writer task that drains it with vectored writes.
+//! The per-connection outbound path: a byte-bounded queue, the writer task
+//! that drains it with vectored writes, and direct writes that skip the
+//! task when nothing is waiting.
 //!
 //! Every frame for a connection (data from any number of [`Sender`] clones,
-//! pongs, the close frame) goes through one queue to one task, so frames
-//! never interleave and the task can coalesce whatever is queued into a
-//! single `writev`. The queue is an unbounded channel whose *bytes* are
+//! pongs, the close frame) goes through one ordered path, so frames never
+//! interleave. The queue is a `VecDeque` under a mutex, together with the
+//! write half of the socket: whoever holds the write half writes. When the
+//! queue is empty and the writer task is not writing, `Sender::send` writes
+//! its frame itself, a non-blocking `writev` from the caller's task (one
+//! echo then costs no task hop at all); anything that cannot go out at once
+//! (a full socket buffer, a partial write, a frame behind others) is queued
+//! and the writer task, woken through an `AtomicWaker`, drains the queue,
+//! coalescing whatever piled up into one `writev`. Hub broadcasts always
+//! queue: a broadcast touches many sockets, and their writers coalesce what
+//! arrives in a burst into one system call each. The queue's *bytes* are
 //! bounded by accounting (`queued`): async `send` waits for room, `try_send`
 //! fails at once, which is what a broadcast needs (it must never wait on a
-//! slow recipient). Frames are `switchboard_proto::Frame`s, whose payload is a
-//! shared `Bytes`, so one encoded frame can sit in many queues. With
-//! permessage-deflate the task also compresses eligible messages as it
-//! takes them off the queue (see `compress.rs` for why here), and for a
-//! client it masks whatever `Sender` queued unmasked.
+//! slow recipient). Frames are `switchboard_proto::Frame`s, whose payload is
+//! a shared `Bytes`, so one encoded frame can sit in many queues.
+//!
+//! Direct writes are only used on a plain TCP stream without
+//! permessage-deflate: with deflate the writer task compresses in wire order
+//! (see `compress.rs`), a TLS or HTTP/2 stream may buffer a write until it
+//! is flushed, and a client masks what `Sender` queued unmasked.
+//!
+//! Memory: an idle connection holds no queue storage (an empty `VecDeque`
+//! allocates nothing), and the writer task keeps its rarely used state
+//! (a stall timer, the batch) out of its future until it needs it
+//! (docs/BENCHMARKS.md, idle memory).
 //!
 //! [`Sender`]: crate::ws::Sender
 
 use std::{
+    collections::VecDeque,
+    future::Future,
     io::IoSlice,
+    pin::Pin,
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
-        Arc, Mutex,
+        Arc, Mutex, MutexGuard,
     },
+    task::{Context, Poll, Waker},
     time::{Duration, Instant},
 };
 
@@ -28,15 +48,15 @@ use bytes::Bytes;
 use switchboard_proto::{CloseCode, CloseFrame, Frame, OpCode, Role};
 use tokio::{
     io::{AsyncWrite, AsyncWriteExt},
-    sync::{mpsc, Notify},
+    sync::Notify,
 };
-use tokio_util::sync::CancellationToken;
 
 use crate::{
     error::{Error, Kind},
     metrics::Recorder,
     ws::{
         compress::{Compressor, Negotiated},
+        signal::ConnSignal,
         socket::ReadState,
     },
 };
@@ -46,14 +66,53 @@ use crate::{
 const MAX_BATCH_FRAMES: usize = 64;
 /// Most payload bytes gathered into one `writev` before writing.
 const MAX_BATCH_BYTES: usize = 256 * 1024;
+/// Slices of one `writev`: header and payload per frame, plus the tail of a
+/// direct write.
+const MAX_SLICES: usize = 2 * MAX_BATCH_FRAMES + 1;
+
+/// The write half of the connection.
+type Io = Box<dyn AsyncWrite + Send + Unpin>;
 
 pub(crate) enum Command {
     Frame(Frame),
     /// A frame already in its compressed-or-not final form (a shared
     /// broadcast frame): never compressed again.
     Ready(Frame),
+    /// The unwritten tail of a frame a sender wrote directly; first in the
+    /// queue by construction (direct writes need an empty queue).
+    Raw(Bytes),
     /// Flush, half-close the TCP stream and stop.
     Shutdown,
+}
+
+/// What the writer task woke up for.
+enum Work {
+    Killed,
+    GoingAway,
+    /// Commands were taken; the write half, to write them with.
+    Batch(Option<Io>),
+}
+
+impl Command {
+    /// The bytes it is accounted for in `queued`.
+    fn accounted(&self) -> usize {
+        match self {
+            Command::Frame(f) | Command::Ready(f) => f.wire_len(),
+            Command::Raw(b) => b.len(),
+            Command::Shutdown => 0,
+        }
+    }
+}
+
+/// The queue and the write half, under one lock.
+struct Out {
+    queue: VecDeque<Command>,
+    /// The write half while nobody is writing with it: the writer task
+    /// takes it out for a batch; a direct write uses it in place, under the
+    /// lock. So `io.is_some()` means the writer task is idle.
+    io: Option<Io>,
+    /// The writer has stopped: nothing more is accepted.
+    ended: bool,
 }
 
 /// Where the receiving half goes when it is dropped while the handler runs,
@@ -67,12 +126,17 @@ pub(crate) enum Slot {
 
 /// State shared by the senders, the receiver and the writer task.
 pub(crate) struct Shared {
-    tx: mpsc::UnboundedSender<Command>,
+    out: Mutex<Out>,
     /// Bytes queued but not yet written.
     queued: AtomicUsize,
     pub(crate) max_queue_bytes: usize,
     /// Woken by the writer after each write, for senders waiting for room.
     space: Notify,
+    /// Senders waiting on `space` (the writer skips the notification, which
+    /// takes `Notify`'s lock, when there are none).
+    space_waiters: AtomicUsize,
+    /// Senders may write directly (plain TCP, no compression, server side).
+    direct: bool,
     /// A close frame has been queued: no data may follow it.
     close_sent: AtomicBool,
     /// The writer has stopped (peer gone or shutdown done).
@@ -81,8 +145,10 @@ pub(crate) struct Shared {
     pub(crate) slot: Mutex<Slot>,
     pub(crate) close_timeout: Duration,
     /// Cancelled to end the connection at once (slow consumer, dead peer,
-    /// write timeout): the writer stops and the receiver returns `killed_by`.
-    pub(crate) killed: CancellationToken,
+    /// write timeout, the app's forced shutdown): the writer stops and the
+    /// receiver returns `killed_by`. Also where the writer task's waker is
+    /// (woken when work arrives while it is idle).
+    pub(crate) signal: Arc<ConnSignal>,
     pub(crate) killed_by: Mutex<Option<CloseFrame>>,
     /// Set by `terminate`: queued data frames are dropped, only the close
     /// frame still goes out.
@@ -113,6 +179,23 @@ impl std::fmt::Debug for Shared {
     }
 }
 
+/// Counts a sender waiting for room while it lives (also when its future is
+/// dropped mid-wait).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl Shared {
     pub(crate) fn is_open(&self) -> bool {
         !self.close_sent.load(Ordering::Acquire) && !self.writer_done.load(Ordering::Acquire)
@@ -126,15 +209,55 @@ impl Shared {
         Error::disconnect(CloseFrame::new(CloseCode::ABNORMAL, "connection is closed"))
     }
 
-    fn push(&self, frame: Frame) -> Result<(), Error> {
-        self.push_command(frame, Command::Frame)
+    fn out(&self) -> MutexGuard<'_, Out> {
+        self.out.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn push_command(&self, frame: Frame, command: fn(Frame) -> Command) -> Result<(), Error> {
-        self.queued.fetch_add(frame.wire_len(), Ordering::AcqRel);
-        self.tx
-            .send(command(frame))
-            .map_err(|_| self.closed_error())
+    /// Appends `cmd` to the queue (the lock is released on return) and wakes
+    /// the writer if it is idle; a busy writer looks at the queue again
+    /// after its batch.
+    fn enqueue(&self, mut out: MutexGuard<'_, Out>, cmd: Command) -> Result<(), Error> {
+        if out.ended {
+            return Err(self.closed_error());
+        }
+        let wake = out.queue.is_empty() && out.io.is_some();
+        self.queued.fetch_add(cmd.accounted(), Ordering::SeqCst);
+        out.queue.push_back(cmd);
+        drop(out);
+        if wake {
+            self.signal.writer.wake();
+        }
+        Ok(())
+    }
+
+    /// Writes `frame` at once when nothing is queued and the writer is idle
+    /// (and direct writes apply), else queues it. The non-blocking `writev`
+    /// happens under the lock, so nothing can overtake it; what the socket
+    /// does not take is queued first, for the writer task.
+    fn push(&self, frame: Frame) -> Result<(), Error> {
+        let mut out = self.out();
+        if self.direct && out.queue.is_empty() && !out.ended {
+            if let Some(io) = out.io.as_mut() {
+                let mut cx = Context::from_waker(Waker::noop());
+                let slices = [IoSlice::new(frame.header()), IoSlice::new(frame.payload())];
+                // A `Pending` registers the no-op waker with the socket; the
+                // writer task registers its own when it next writes.
+                if let Poll::Ready(Ok(n @ 1..)) =
+                    Pin::new(&mut **io).poll_write_vectored(&mut cx, &slices)
+                {
+                    if let Some(m) = &self.metrics {
+                        m.sent_batch(std::slice::from_ref(&frame));
+                    }
+                    if n >= frame.wire_len() {
+                        return Ok(());
+                    }
+                    return self.enqueue(out, Command::Raw(tail(&frame, n)));
+                }
+                // Nothing written (socket full, or an error the writer task
+                // meets too and ends on): queue it.
+            }
+        }
+        self.enqueue(out, Command::Frame(frame))
     }
 
     /// Queues a data frame without waiting; fails when the queue is over its
@@ -159,10 +282,12 @@ impl Shared {
                 limit: self.max_queue_bytes,
             }));
         }
-        self.push_command(frame, command)
+        // Always queued, never written directly: a broadcast offers one
+        // frame to many sockets, and each writer coalesces what piles up.
+        self.enqueue(self.out(), command(frame))
     }
 
-    /// Queues a data frame, waiting while the queue is over its byte limit.
+    /// Sends a data frame, waiting while the queue is over its byte limit.
     pub(crate) async fn send(&self, frame: Frame) -> Result<(), Error> {
         // Fast path, the usual case: room in the queue. Registering a
         // `Notify` waiter takes its lock, so only do that when we may wait.
@@ -174,13 +299,16 @@ impl Shared {
             return self.push(frame);
         }
         loop {
+            // Created before we count ourselves: a `notify_waiters` after
+            // this point completes it even before it is polled.
             let notified = self.space.notified();
             tokio::pin!(notified);
+            let _waiting = Waiting::new(&self.space_waiters);
             notified.as_mut().enable();
             if !self.is_open() {
                 return Err(self.closed_error());
             }
-            let queued = self.queued.load(Ordering::Acquire);
+            let queued = self.queued.load(Ordering::SeqCst);
             if queued == 0 || queued + frame.wire_len() <= self.max_queue_bytes {
                 return self.push(frame);
             }
@@ -188,7 +316,25 @@ impl Shared {
         }
     }
 
-    /// Queues a control frame (ping/pong), ignoring the byte limit: they are
+    /// Ready once the connection is killed, for the writer task while it
+    /// writes (re-registering its waker: a wake-up may have used it up).
+    fn poll_killed_writer(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.signal.writer.register(cx.waker());
+        if self.signal.is_killed() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Tells senders waiting for room that the queue shrank.
+    fn notify_space(&self) {
+        if self.space_waiters.load(Ordering::SeqCst) > 0 {
+            self.space.notify_waiters();
+        }
+    }
+
+    /// Sends a control frame (ping/pong), ignoring the byte limit: they are
     /// tiny and bounded by the rate the peer can send pings.
     pub(crate) fn send_control(&self, frame: Frame) {
         if !self.close_sent() {
@@ -196,8 +342,8 @@ impl Shared {
         }
     }
 
-    /// Queues our close frame unless one was already queued; returns whether
-    /// this call queued it.
+    /// Sends our close frame unless one was already sent; returns whether
+    /// this call sent it.
     pub(crate) fn send_close(&self, close: Option<&CloseFrame>) -> bool {
         if self.close_sent.swap(true, Ordering::AcqRel) {
             return false;
@@ -222,7 +368,39 @@ impl Shared {
 
     /// Asks the writer to flush and half-close after what is queued.
     pub(crate) fn shutdown(&self) {
-        let _ = self.tx.send(Command::Shutdown);
+        let _ = self.enqueue(self.out(), Command::Shutdown);
+    }
+
+    /// The writer task's wait: the connection killed, the server going
+    /// away (once), or up to a batch of commands (moved to `cmds`) and the
+    /// write half, once there is anything queued.
+    fn poll_work(
+        &self,
+        cx: &mut Context<'_>,
+        cmds: &mut Vec<Command>,
+        told_going_away: &mut bool,
+    ) -> Poll<Work> {
+        self.signal.writer.register(cx.waker());
+        if self.signal.is_killed() {
+            return Poll::Ready(Work::Killed);
+        }
+        if self.signal.is_going_away() && !*told_going_away {
+            *told_going_away = true;
+            return Poll::Ready(Work::GoingAway);
+        }
+        let mut out = self.out();
+        if out.queue.is_empty() {
+            return Poll::Pending;
+        }
+        let mut bytes = 0;
+        while cmds.len() < MAX_BATCH_FRAMES && bytes < MAX_BATCH_BYTES {
+            let Some(cmd) = out.queue.pop_front() else {
+                break;
+            };
+            bytes += cmd.accounted();
+            cmds.push(cmd);
+        }
+        Poll::Ready(Work::Batch(out.io.take()))
     }
 
     /// Ends the connection for cause: queued data is dropped, `close` goes
@@ -232,7 +410,7 @@ impl Shared {
     pub(crate) fn terminate(&self, close: CloseFrame) {
         {
             let mut by = self.killed_by.lock().unwrap_or_else(|p| p.into_inner());
-            if by.is_some() || self.killed.is_cancelled() {
+            if by.is_some() || self.signal.is_killed() {
                 return;
             }
             *by = Some(close.clone());
@@ -242,11 +420,11 @@ impl Shared {
             // Our close was already queued; still make sure the writer ends.
         }
         self.shutdown();
-        let killed = self.killed.clone();
+        let signal = Arc::clone(&self.signal);
         let grace = self.close_timeout;
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
-            killed.cancel();
+            signal.kill();
         });
     }
 
@@ -291,32 +469,39 @@ pub(crate) struct WriterOptions {
     pub(crate) ping_interval: Option<Duration>,
     pub(crate) pong_timeout: Duration,
     pub(crate) idle_timeout: Option<Duration>,
-    pub(crate) going_away: CancellationToken,
-    pub(crate) force: CancellationToken,
+    /// The connection's kill and going-away signals (registered with the
+    /// app, so that its shutdown reaches this connection).
+    pub(crate) signal: Arc<ConnSignal>,
     /// permessage-deflate, when negotiated: the writer compresses.
     pub(crate) deflate: Option<Negotiated>,
     /// Where this connection records metrics (server sockets of an app
     /// with metrics on).
     pub(crate) metrics: Option<Arc<Recorder>>,
+    /// The write half is a plain TCP stream: a write that returns has
+    /// reached the kernel (no TLS or HTTP/2 layer that buffers until a
+    /// flush), so senders may write directly (see the module docs).
+    pub(crate) plain_tcp: bool,
 }
 
 /// Creates the shared state and spawns the writer task on `io`.
-pub(crate) fn spawn_writer(
-    io: Box<dyn AsyncWrite + Send + Unpin>,
-    opts: WriterOptions,
-) -> Arc<Shared> {
-    let (tx, rx) = mpsc::unbounded_channel();
+pub(crate) fn spawn_writer(io: Io, opts: WriterOptions) -> Arc<Shared> {
     let shared = Arc::new(Shared {
-        tx,
+        out: Mutex::new(Out {
+            queue: VecDeque::new(),
+            io: Some(io),
+            ended: false,
+        }),
         queued: AtomicUsize::new(0),
         max_queue_bytes: opts.max_queue_bytes,
         space: Notify::new(),
+        space_waiters: AtomicUsize::new(0),
+        direct: opts.plain_tcp && opts.role == Role::Server && opts.deflate.is_none(),
         close_sent: AtomicBool::new(false),
         writer_done: AtomicBool::new(false),
         role: opts.role,
         slot: Mutex::new(Slot::HandlerRunning),
         close_timeout: opts.close_timeout,
-        killed: opts.force.child_token(),
+        signal: Arc::clone(&opts.signal),
         killed_by: Mutex::new(None),
         purge: AtomicBool::new(false),
         last_seen: AtomicU64::new(0),
@@ -332,12 +517,33 @@ pub(crate) fn spawn_writer(
         if let Some(m) = &opts.metrics {
             m.ws_opened();
         }
-        writer_loop(io, rx, &task_shared, &opts).await;
+        let io = writer_loop(&task_shared, &opts).await;
+        // Nothing is accepted from here on; what is still queued is dropped
+        // outside the lock.
+        let (leftover, parked) = {
+            let mut out = task_shared.out();
+            out.ended = true;
+            (std::mem::take(&mut out.queue), out.io.take())
+        };
+        drop(leftover);
+        task_shared.writer_done.store(true, Ordering::Release);
+        task_shared.space.notify_waiters();
+        match io {
+            // Done after a `Shutdown`: half-close, bounded.
+            // Boxed: a timer inline would cost every idle connection's task.
+            Some(mut io) => {
+                let _ = Box::pin(tokio::time::timeout(
+                    task_shared.close_timeout,
+                    io.shutdown(),
+                ))
+                .await;
+            }
+            // Killed or failed: the socket is dropped (cut).
+            None => drop(parked),
+        }
         if let Some(m) = &opts.metrics {
             m.ws_closed();
         }
-        task_shared.writer_done.store(true, Ordering::Release);
-        task_shared.space.notify_waiters();
     });
     shared
 }
@@ -383,18 +589,18 @@ fn check_timers(
     None
 }
 
-async fn writer_loop(
-    mut io: Box<dyn AsyncWrite + Send + Unpin>,
-    mut rx: mpsc::UnboundedReceiver<Command>,
-    shared: &Shared,
-    opts: &WriterOptions,
-) {
-    // Grows on first use: reserving MAX_BATCH_FRAMES up front cost every
-    // idle connection 3 KiB (docs/BENCHMARKS.md, idle memory).
+/// Drains the queue until a `Shutdown` (returns the write half, to be
+/// half-closed) or until the connection is killed or a write fails (`None`).
+async fn writer_loop(shared: &Shared, opts: &WriterOptions) -> Option<Io> {
+    // Both grow on first use: an idle connection that never queued holds
+    // neither (docs/BENCHMARKS.md, idle memory).
+    let mut cmds: Vec<Command> = Vec::new();
     let mut batch: Vec<Frame> = Vec::new();
-    // Lives here, not in `Shared`: this task alone puts frames on the wire,
-    // so compression order is wire order with no lock (see compress.rs).
-    let mut compressor = opts.deflate.map(Compressor::new);
+    // Lives here, not in `Shared`: this task alone compresses, so
+    // compression order is wire order with no lock (see compress.rs).
+    // Boxed: most connections never compress, and the task's future is
+    // memory every idle connection pays for.
+    let mut compressor = opts.deflate.map(|n| Box::new(Compressor::new(n)));
     let mut told_going_away = false;
     // One timer for heartbeat, idle and expiry checks: ticks at a fraction
     // of the shortest deadline, so a deadline is noticed within 1/4 of it.
@@ -412,24 +618,10 @@ async fn writer_loop(
     let mut timer = tokio::time::interval(tick);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_ping = None;
-    // Created once and polled in every select below: a fresh `cancelled()`
-    // per iteration registers and unregisters a waiter under the token's
-    // lock on every message (a fifth of the writer's instructions in the
-    // echo profile, docs/BENCHMARKS.md).
-    let killed = shared.killed.cancelled();
-    tokio::pin!(killed);
-    let going_away = opts.going_away.cancelled();
-    tokio::pin!(going_away);
     loop {
-        let first = tokio::select! {
+        let work = tokio::select! {
             biased;
-            _ = &mut killed => return,
-            _ = &mut going_away, if !told_going_away => {
-                told_going_away = true;
-                shared.send_close(Some(&CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down")));
-                continue;
-            }
-            cmd = rx.recv() => cmd,
+            work = std::future::poll_fn(|cx| shared.poll_work(cx, &mut cmds, &mut told_going_away)) => work,
             _ = timer.tick() => {
                 if let Some(close) = check_timers(shared, opts, &mut last_ping) {
                     tracing::debug!(code = close.code.0, reason = %close.reason, "closing websocket");
@@ -438,65 +630,72 @@ async fn writer_loop(
                 continue;
             }
         };
-        let Some(first) = first else { break };
+        let taken = match work {
+            Work::Killed => return None,
+            Work::GoingAway => {
+                shared.send_close(Some(&CloseFrame::new(
+                    CloseCode::GOING_AWAY,
+                    "server shutting down",
+                )));
+                continue;
+            }
+            Work::Batch(io) => io,
+        };
+        // Only this task takes the write half, and it always puts it back.
+        let mut io = taken?;
         let purge = shared.purge.load(Ordering::Acquire);
         let mut shutdown = false;
         let mut bytes = 0;
-        let mut dropped = 0;
-        let mut next = Some(first);
-        while let Some(cmd) = next.take() {
+        let mut raw = None;
+        for cmd in cmds.drain(..) {
+            bytes += cmd.accounted();
             match cmd {
-                Command::Frame(f) | Command::Ready(f) if purge && f.opcode() != OpCode::Close => {
-                    dropped += f.wire_len()
-                }
+                Command::Frame(f) | Command::Ready(f) if purge && f.opcode() != OpCode::Close => {}
                 Command::Frame(f) => {
-                    // Accounted at the size it was queued with.
-                    bytes += f.wire_len();
-                    batch.push(wire_frame(f, compressor.as_mut(), shared.role));
+                    batch.push(wire_frame(f, compressor.as_deref_mut(), shared.role))
                 }
-                Command::Ready(f) => {
-                    bytes += f.wire_len();
-                    batch.push(wire_frame(f, None, shared.role));
-                }
+                Command::Ready(f) => batch.push(wire_frame(f, None, shared.role)),
+                Command::Raw(b) => raw = Some(b),
                 Command::Shutdown => {
                     shutdown = true;
                     break;
                 }
             }
-            if batch.len() < MAX_BATCH_FRAMES && bytes < MAX_BATCH_BYTES {
-                next = rx.try_recv().ok();
-            }
         }
         let written = tokio::select! {
             biased;
-            _ = &mut killed => return,
-            r = write_all_vectored(&mut io, &batch, opts.write_timeout) => r,
+            _ = std::future::poll_fn(|cx| shared.poll_killed_writer(cx)) => return None,
+            r = write_all(&mut *io, raw.as_deref(), &batch, opts.write_timeout) => r,
         };
         if let (Some(m), Ok(())) = (&shared.metrics, &written) {
             m.sent_batch(&batch);
         }
         batch.clear();
-        shared.queued.fetch_sub(bytes + dropped, Ordering::AcqRel);
-        shared.space.notify_waiters();
+        shared.queued.fetch_sub(bytes, Ordering::SeqCst);
         match written {
-            Ok(()) => {}
+            Ok(()) if shutdown => {
+                shared.notify_space();
+                return Some(io);
+            }
+            Ok(()) => {
+                // Back where senders can write directly (and where the next
+                // poll of the queue finds it).
+                shared.out().io = Some(io);
+                shared.notify_space();
+            }
             Err(e) if e.kind() != std::io::ErrorKind::TimedOut => {
                 tracing::debug!(error = %e, "websocket write failed");
-                shared.killed.cancel();
-                return;
+                shared.signal.kill();
+                return None;
             }
             Err(_) => {
                 tracing::debug!("websocket write made no progress; closing");
                 shared.terminate(CloseFrame::new(CloseCode::GOING_AWAY, "write timeout"));
-                shared.killed.cancel();
-                return;
+                shared.signal.kill();
+                return None;
             }
         }
-        if shutdown {
-            break;
-        }
     }
-    let _ = tokio::time::timeout(shared.close_timeout, io.shutdown()).await;
 }
 
 /// The frame to write for a queued one: compressed when permessage-deflate
@@ -519,54 +718,124 @@ fn wire_frame(frame: Frame, compressor: Option<&mut Compressor>, role: Role) -> 
     frame
 }
 
-/// Writes every frame in `batch` (header and payload slices) with as few
-/// `writev` calls as the kernel allows. Fails with `TimedOut` when one
-/// `writev` (or the flush) makes no progress for `stall`: a slow but
-/// steady reader is never cut, a stopped one is.
-async fn write_all_vectored(
+/// The part of `frame` after its first `n` wire bytes (a partial write).
+fn tail(frame: &Frame, n: usize) -> Bytes {
+    let header = frame.header();
+    match n.checked_sub(header.len()) {
+        Some(into_payload) => frame.payload().slice(into_payload..),
+        None => {
+            let mut rest = Vec::with_capacity(frame.wire_len() - n);
+            rest.extend_from_slice(&header[n..]);
+            rest.extend_from_slice(frame.payload());
+            Bytes::from(rest)
+        }
+    }
+}
+
+/// Writes `raw`, then every frame in `batch` (header and payload slices),
+/// with as few `writev` calls as the kernel allows, then flushes. Fails with
+/// `TimedOut` when the socket takes nothing for `stall`: a slow but steady
+/// reader is never cut, a stopped one is. The stall timer is armed only when
+/// the socket pushes back, so a write that goes through at once (nearly
+/// all) costs no timer.
+async fn write_all(
     io: &mut (dyn AsyncWrite + Send + Unpin),
+    raw: Option<&[u8]>,
     batch: &[Frame],
     stall: Duration,
 ) -> std::io::Result<()> {
-    let timed_out = |_| std::io::Error::from(std::io::ErrorKind::TimedOut);
-    if batch.is_empty() {
-        return Ok(());
-    }
-    let mut parts: Vec<&[u8]> = Vec::with_capacity(batch.len() * 2);
-    for f in batch {
-        parts.push(f.header());
-        if !f.payload().is_empty() {
-            parts.push(f.payload());
-        }
-    }
-    let mut first = 0;
-    let mut offset = 0;
-    while first < parts.len() {
-        let n = {
-            let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(parts.len() - first);
-            slices.push(IoSlice::new(&parts[first][offset..]));
-            slices.extend(parts[first + 1..].iter().map(|p| IoSlice::new(p)));
-            tokio::time::timeout(stall, io.write_vectored(&slices))
-                .await
-                .map_err(timed_out)??
+    let total = raw.map_or(0, <[u8]>::len) + batch.iter().map(Frame::wire_len).sum::<usize>();
+    let mut done = 0;
+    // (bytes written when armed, the timer)
+    let mut timer: Option<(usize, Pin<Box<tokio::time::Sleep>>)> = None;
+    std::future::poll_fn(|cx| loop {
+        let progress = if done < total {
+            poll_write_from(&mut *io, cx, raw, batch, done)
+        } else {
+            Pin::new(&mut *io).poll_flush(cx).map_ok(|()| usize::MAX)
         };
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
+        match progress {
+            Poll::Ready(Ok(usize::MAX)) => return Poll::Ready(Ok(())),
+            Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+            Poll::Ready(Ok(n)) => {
+                done += n;
+                continue;
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => {}
         }
-        let mut n = n;
-        while n > 0 && first < parts.len() {
-            let left = parts[first].len() - offset;
-            if n >= left {
-                n -= left;
-                first += 1;
-                offset = 0;
-            } else {
-                offset += n;
-                n = 0;
+        // The socket is full: the stall clock runs from the last progress.
+        let deadline = tokio::time::Instant::now() + stall;
+        match &mut timer {
+            Some((at, t)) if *at != done => {
+                *at = done;
+                t.as_mut().reset(deadline);
+            }
+            Some(_) => {}
+            None => timer = Some((done, Box::pin(tokio::time::sleep_until(deadline)))),
+        }
+        if let Some((_, t)) = &mut timer {
+            if t.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
             }
         }
+        return Poll::Pending;
+    })
+    .await
+}
+
+/// One `writev` of what is left after the first `skip` bytes of `raw` and
+/// `batch`; the slices live on this (synchronous) call's stack, not in the
+/// writer task's future, in an array sized for the batch (a few frames, the
+/// usual case, do not pay for initializing room for 64).
+fn poll_write_from(
+    io: &mut (dyn AsyncWrite + Send + Unpin),
+    cx: &mut Context<'_>,
+    raw: Option<&[u8]>,
+    batch: &[Frame],
+    skip: usize,
+) -> Poll<std::io::Result<usize>> {
+    const SMALL: usize = 17;
+    if batch.len() * 2 < SMALL {
+        let mut slices = [IoSlice::new(&[]); SMALL];
+        let len = fill_slices(&mut slices, raw, batch, skip);
+        Pin::new(io).poll_write_vectored(cx, &slices[..len])
+    } else {
+        let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+        let len = fill_slices(&mut slices, raw, batch, skip);
+        Pin::new(io).poll_write_vectored(cx, &slices[..len])
     }
-    tokio::time::timeout(stall, io.flush())
-        .await
-        .map_err(timed_out)?
+}
+
+/// Fills `slices` with what is left after the first `skip` bytes of `raw`
+/// and `batch` (empty pieces left out); returns how many it filled.
+fn fill_slices<'a>(
+    slices: &mut [IoSlice<'a>],
+    raw: Option<&'a [u8]>,
+    batch: &'a [Frame],
+    mut skip: usize,
+) -> usize {
+    let mut len = 0;
+    let mut add = |piece: &'a [u8]| {
+        if skip >= piece.len() {
+            skip -= piece.len();
+            return true;
+        }
+        if len == slices.len() {
+            return false;
+        }
+        slices[len] = IoSlice::new(&piece[skip..]);
+        skip = 0;
+        len += 1;
+        true
+    };
+    if let Some(raw) = raw {
+        add(raw);
+    }
+    for f in batch {
+        if !add(f.header()) || !add(f.payload()) {
+            break;
+        }
+    }
+    len
 }

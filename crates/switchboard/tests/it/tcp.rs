@@ -236,12 +236,12 @@ async fn slowloris_connection_is_dropped() {
     server.shutdown().await.unwrap();
 }
 
-#[tokio::test]
-async fn too_many_headers_is_rejected() {
-    let server = spawn(echo_app().max_headers(20)).await;
-    let mut s = TcpStream::connect(server.addr).await.unwrap();
-    let mut req = String::from("GET /health HTTP/1.1\r\nHost: x\r\n");
-    for i in 0..50 {
+/// The status line of the answer to a `GET /health` with `extra` headers
+/// besides `Host`.
+async fn health_with_headers(addr: std::net::SocketAddr, extra: usize) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut req = String::from("GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+    for i in 0..extra {
         req.push_str(&format!("X-H{i}: v\r\n"));
     }
     req.push_str("\r\n");
@@ -251,6 +251,24 @@ async fn too_many_headers_is_rejected() {
         .await
         .unwrap();
     let text = String::from_utf8_lossy(&resp);
-    assert!(text.starts_with("HTTP/1.1 431"), "{text}");
+    text.lines().next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn too_many_headers_is_rejected() {
+    let server = spawn(echo_app().max_headers(20)).await;
+    let status = health_with_headers(server.addr, 50).await;
+    assert!(status.starts_with("HTTP/1.1 431"), "{status}");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_default_header_limit_is_100() {
+    let server = spawn(echo_app()).await;
+    // Host and Connection plus 98: exactly 100 headers.
+    let status = health_with_headers(server.addr, 98).await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    let status = health_with_headers(server.addr, 99).await;
+    assert!(status.starts_with("HTTP/1.1 431"), "{status}");
     server.shutdown().await.unwrap();
 }

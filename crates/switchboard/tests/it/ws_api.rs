@@ -453,3 +453,31 @@ async fn handshake_errors_over_test_client() {
     assert_eq!(r.status(), StatusCode::UPGRADE_REQUIRED);
     assert_eq!(r.header("sec-websocket-version"), Some("13"));
 }
+
+/// The handler's future holds the `WebSocket` for the connection's whole
+/// life, and an inline accept future would keep room for the handshake's
+/// state in it: both are kept small (idle memory per connection, see
+/// docs/BENCHMARKS.md).
+#[tokio::test]
+async fn handshake_state_stays_out_of_the_handler_future() {
+    let app = App::new().websocket("/ws", |ws: WebSocket| async move {
+        assert!(
+            std::mem::size_of_val(&ws) <= 128,
+            "WebSocket is {} bytes",
+            std::mem::size_of_val(&ws)
+        );
+        let accept = ws.accept();
+        assert!(
+            std::mem::size_of_val(&accept) <= 16,
+            "the accept future is {} bytes inline",
+            std::mem::size_of_val(&accept)
+        );
+        let mut socket = accept.await?;
+        socket.send_text("sized").await?;
+        while socket.recv_message().await?.is_some() {}
+        Ok::<_, switchboard::Error>(())
+    });
+    let client = TestClient::new(app);
+    let mut ws = client.websocket_connect("/ws").await.unwrap();
+    assert_eq!(ws.recv_text().await.unwrap().as_deref(), Some("sized"));
+}

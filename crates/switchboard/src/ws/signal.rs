@@ -1,0 +1,199 @@
+//! Connection signals that cost nothing to poll: "killed" (end the
+//! connection now), "going away" (the server is shutting down: send close
+//! 1001) and "forced" (the shutdown deadline passed: drop the handler).
+//!
+//! Each is a flag plus the waker of the task that waits for it. Every
+//! connection's reader, writer and handler wait on these on *every* poll,
+//! i.e. for every message; a `CancellationToken` (or any `Notify`-based
+//! future) takes a mutex on each poll of a waiting future, which the echo
+//! profile showed as one of the largest costs per message
+//! (docs/BENCHMARKS.md). Here a poll is an `AtomicWaker` registration and
+//! an atomic load. The app reaches its live connections through a registry
+//! ([`Signals`]) touched once when a connection starts and once when it
+//! ends.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex, Weak,
+    },
+    task::{Context, Poll},
+};
+
+use futures_util::task::AtomicWaker;
+
+/// The app's side: its shutdown flags and its live connections.
+#[derive(Debug, Default)]
+pub(crate) struct Signals {
+    going_away: AtomicBool,
+    forced: AtomicBool,
+    next_id: AtomicU64,
+    conns: Mutex<HashMap<u64, Weak<ConnSignal>>>,
+}
+
+impl Signals {
+    /// A connection's signals, registered so that shutdown reaches them;
+    /// a connection that starts after a shutdown began gets it at once.
+    pub(crate) fn register(self: &Arc<Self>) -> Arc<ConnSignal> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut conn = ConnSignal::default();
+        conn.registry = Some((Arc::downgrade(self), id));
+        let conn = Arc::new(conn);
+        self.lock().insert(id, Arc::downgrade(&conn));
+        if self.going_away.load(Ordering::SeqCst) {
+            conn.go_away();
+        }
+        if self.forced.load(Ordering::SeqCst) {
+            conn.force();
+        }
+        conn
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Weak<ConnSignal>>> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn live(&self) -> Vec<Arc<ConnSignal>> {
+        self.lock().values().filter_map(Weak::upgrade).collect()
+    }
+
+    /// Graceful shutdown began: every connection sends close 1001.
+    pub(crate) fn go_away(&self) {
+        self.going_away.store(true, Ordering::SeqCst);
+        for conn in self.live() {
+            conn.go_away();
+        }
+    }
+
+    /// The shutdown deadline passed: every connection is cut and its
+    /// handler dropped.
+    pub(crate) fn force(&self) {
+        self.forced.store(true, Ordering::SeqCst);
+        for conn in self.live() {
+            conn.force();
+        }
+    }
+
+    /// Live connections (tests).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// One connection's signals.
+#[derive(Debug, Default)]
+pub(crate) struct ConnSignal {
+    /// Where to deregister on drop (`None`: a client connection).
+    registry: Option<(Weak<Signals>, u64)>,
+    killed: AtomicBool,
+    going_away: AtomicBool,
+    forced: AtomicBool,
+    /// The reading side (the handler's `recv`).
+    reader: AtomicWaker,
+    /// The writer task.
+    pub(crate) writer: AtomicWaker,
+    /// The task running the handler (waits for `forced`).
+    handler: AtomicWaker,
+}
+
+impl Drop for ConnSignal {
+    fn drop(&mut self) {
+        if let Some((registry, id)) = &self.registry {
+            if let Some(registry) = registry.upgrade() {
+                registry.lock().remove(id);
+            }
+        }
+    }
+}
+
+impl ConnSignal {
+    /// A connection no app shutdown reaches (a client's).
+    pub(crate) fn standalone() -> Arc<Self> {
+        Arc::new(ConnSignal::default())
+    }
+
+    /// Ends the connection now: the writer stops, `recv` reports the
+    /// disconnect.
+    pub(crate) fn kill(&self) {
+        self.killed.store(true, Ordering::SeqCst);
+        self.reader.wake();
+        self.writer.wake();
+    }
+
+    pub(crate) fn is_killed(&self) -> bool {
+        self.killed.load(Ordering::SeqCst)
+    }
+
+    fn go_away(&self) {
+        self.going_away.store(true, Ordering::SeqCst);
+        self.writer.wake();
+    }
+
+    fn force(&self) {
+        self.forced.store(true, Ordering::SeqCst);
+        self.handler.wake();
+        self.kill();
+    }
+
+    pub(crate) fn is_going_away(&self) -> bool {
+        self.going_away.load(Ordering::SeqCst)
+    }
+
+    /// Ready once the connection is killed (for the reading side).
+    pub(crate) fn poll_killed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.reader.register(cx.waker());
+        if self.is_killed() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Ready once the app forced the shutdown (for the handler's task).
+    pub(crate) fn poll_forced(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.handler.register(cx.waker());
+        if self.forced.load(Ordering::SeqCst) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shutdown_reaches_live_connections_and_late_ones() {
+        let app = Arc::new(Signals::default());
+        let a = app.register();
+        let b = app.register();
+        assert_eq!(app.len(), 2);
+        drop(b);
+        assert_eq!(app.len(), 1, "a dropped connection deregisters");
+        app.go_away();
+        assert!(a.is_going_away() && !a.is_killed());
+        let late = app.register();
+        assert!(late.is_going_away(), "a connection after go_away gets it");
+        app.force();
+        assert!(a.is_killed() && late.is_killed());
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(a.poll_forced(&mut cx).is_ready());
+        assert!(app.register().is_killed());
+    }
+
+    #[test]
+    fn kill_wakes_the_reader() {
+        let conn = ConnSignal::standalone();
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(conn.poll_killed(&mut cx).is_pending());
+        conn.kill();
+        assert!(conn.poll_killed(&mut cx).is_ready());
+        assert!(!conn.is_going_away());
+    }
+}
