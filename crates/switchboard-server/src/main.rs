@@ -287,6 +287,13 @@ fn demo_app(args: &ServeArgs) -> App {
         )
 }
 
+/// mimalloc instead of glibc's malloc (feature `mimalloc`, on by default):
+/// handshakes allocate a lot of small, short-lived pieces; built without
+/// transparent huge pages so idle connections stay small.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     tracing_subscriber::fmt()

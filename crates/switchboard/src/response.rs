@@ -275,6 +275,9 @@ mod tests {
         );
         let stream = Body::new(http_body_util::Full::new(Bytes::from_static(b"s")));
         assert!(!stream.is_end_stream());
-        assert_eq!(stream.collect_bytes().await.unwrap(), Bytes::from_static(b"s"));
+        assert_eq!(
+            stream.collect_bytes().await.unwrap(),
+            Bytes::from_static(b"s")
+        );
     }
 }

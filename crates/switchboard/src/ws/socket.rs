@@ -351,16 +351,25 @@ impl Receiver {
             let event = match event {
                 Ok(ev) => ev,
                 Err(e) => {
-                    let code = e.close_code().unwrap_or(CloseCode::ABNORMAL);
-                    if e.close_code().is_some() {
-                        // Fail the connection: our close frame, then keep
-                        // reading (and discarding) until the peer closes, so
-                        // unread bytes do not turn our FIN into a RST that
-                        // could destroy the close frame in flight.
-                        self.shared
-                            .send_close(Some(&CloseFrame::new(code, e.to_string())));
-                    }
-                    self.ended = Some(CloseFrame::new(code, e.to_string()));
+                    let Some(code) = e.close_code() else {
+                        // The transport failed (reset, broken pipe): nothing
+                        // more can be read or sent. The error itself goes to
+                        // the caller; later calls report a fixed reason
+                        // (formatting the I/O error for them cost more than
+                        // the rest of a reset connection's teardown).
+                        self.ended = Some(CloseFrame::new(CloseCode::ABNORMAL, "connection lost"));
+                        if self.state.take().is_some() {
+                            self.shared.shutdown();
+                        }
+                        return Err(e);
+                    };
+                    // Fail the connection: our close frame, then keep
+                    // reading (and discarding) until the peer closes, so
+                    // unread bytes do not turn our FIN into a RST that could
+                    // destroy the close frame in flight.
+                    let frame = CloseFrame::new(code, e.to_string());
+                    self.shared.send_close(Some(&frame));
+                    self.ended = Some(frame);
                     if let Some(state) = self.state.take() {
                         self.shared.shutdown();
                         tokio::spawn(drain_raw(state, self.shared.close_timeout));
