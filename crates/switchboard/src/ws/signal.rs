@@ -14,6 +14,7 @@
 
 use std::{
     collections::HashMap,
+    future::Future,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex, Weak,
@@ -143,23 +144,46 @@ impl ConnSignal {
 
     /// Ready once the connection is killed (for the reading side).
     pub(crate) fn poll_killed(&self, cx: &mut Context<'_>) -> Poll<()> {
-        self.reader.register(cx.waker());
-        if self.is_killed() {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
+        poll_flag(&self.killed, &self.reader, cx)
+    }
+
+    /// Ready once the connection is killed, for the writer task (it
+    /// re-registers its waker: a wake-up for work may have used it up).
+    pub(crate) fn poll_killed_writer(&self, cx: &mut Context<'_>) -> Poll<()> {
+        poll_flag(&self.killed, &self.writer, cx)
     }
 
     /// Ready once the app forced the shutdown (for the handler's task).
     pub(crate) fn poll_forced(&self, cx: &mut Context<'_>) -> Poll<()> {
-        self.handler.register(cx.waker());
-        if self.forced.load(Ordering::SeqCst) {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
+        poll_flag(&self.forced, &self.handler, cx)
     }
+}
+
+/// Registers the waiting task's waker, then looks at the flag (in that
+/// order, so a flag set in between still wakes it).
+fn poll_flag(flag: &AtomicBool, waker: &AtomicWaker, cx: &mut Context<'_>) -> Poll<()> {
+    waker.register(cx.waker());
+    if flag.load(Ordering::SeqCst) {
+        Poll::Ready(())
+    } else {
+        Poll::Pending
+    }
+}
+
+/// Runs `fut` unless `signal` becomes ready first (then `None`); the signal
+/// is looked at before each poll of `fut`, so it wins a tie.
+pub(crate) async fn unless<F: Future>(
+    fut: F,
+    mut signal: impl FnMut(&mut Context<'_>) -> Poll<()>,
+) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| {
+        if signal(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        fut.as_mut().poll(cx).map(Some)
+    })
+    .await
 }
 
 #[cfg(test)]

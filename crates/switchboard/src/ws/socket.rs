@@ -32,6 +32,7 @@ use crate::{
     ratelimit::{RateLimit, RateLimitPolicy, TokenBucket, WindowCounter},
     ws::{
         message::Message,
+        signal::unless,
         writer::{Shared, Slot},
     },
 };
@@ -328,17 +329,7 @@ impl Receiver {
             // reading; the check is a waker registration and a load (see
             // signal.rs for why not a cancellation token).
             let signal = &self.shared.signal;
-            let event = {
-                let next = state.next_event();
-                let mut next = std::pin::pin!(next);
-                std::future::poll_fn(|cx| {
-                    if signal.poll_killed(cx).is_ready() {
-                        return std::task::Poll::Ready(None);
-                    }
-                    std::future::Future::poll(next.as_mut(), cx).map(Some)
-                })
-                .await
-            };
+            let event = unless(state.next_event(), |cx| signal.poll_killed(cx)).await;
             let Some(event) = event else {
                 let frame = self
                     .shared

@@ -39,7 +39,7 @@ use crate::{
     ws::{
         compress::Negotiated,
         config::WsConfig,
-        signal::ConnSignal,
+        signal::{unless, ConnSignal},
         socket::{linger, ConnInfo, ReadState, Receiver, RecvPolicy, Sender, Socket},
         writer::{spawn_writer, Slot},
     },
@@ -459,19 +459,11 @@ pub(crate) async fn serve(
         // Held for the connection's lifetime (connection limits).
         let _slot = slot;
         let path = logged_uri.path();
-        let outcome = {
-            let run = std::panic::AssertUnwindSafe(handler(ws)).catch_unwind();
-            let mut run = std::pin::pin!(run);
-            // Dropped when the shutdown deadline passes; polled per message,
-            // hence a lock-free signal (see signal.rs).
-            let forced = std::future::poll_fn(|cx| match signal.poll_forced(cx) {
-                std::task::Poll::Ready(()) => std::task::Poll::Ready(None),
-                std::task::Poll::Pending => std::future::Future::poll(run.as_mut(), cx).map(Some),
-            });
-            match forced.await {
-                Some(outcome) => outcome,
-                None => return,
-            }
+        // Dropped when the shutdown deadline passes; polled per message,
+        // hence a lock-free signal (see signal.rs).
+        let run = std::panic::AssertUnwindSafe(handler(ws)).catch_unwind();
+        let Some(outcome) = unless(run, |cx| signal.poll_forced(cx)).await else {
+            return;
         };
         let (status, close) = match outcome {
             Ok(Ok(())) => (

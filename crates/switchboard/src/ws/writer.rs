@@ -56,7 +56,7 @@ use crate::{
     metrics::Recorder,
     ws::{
         compress::{Compressor, Negotiated},
-        signal::ConnSignal,
+        signal::{unless, ConnSignal},
         socket::ReadState,
     },
 };
@@ -313,17 +313,6 @@ impl Shared {
                 return self.push(frame);
             }
             notified.await;
-        }
-    }
-
-    /// Ready once the connection is killed, for the writer task while it
-    /// writes (re-registering its waker: a wake-up may have used it up).
-    fn poll_killed_writer(&self, cx: &mut Context<'_>) -> Poll<()> {
-        self.signal.writer.register(cx.waker());
-        if self.signal.is_killed() {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
         }
     }
 
@@ -662,11 +651,8 @@ async fn writer_loop(shared: &Shared, opts: &WriterOptions) -> Option<Io> {
                 }
             }
         }
-        let written = tokio::select! {
-            biased;
-            _ = std::future::poll_fn(|cx| shared.poll_killed_writer(cx)) => return None,
-            r = write_all(&mut *io, raw.as_deref(), &batch, opts.write_timeout) => r,
-        };
+        let write = write_all(&mut *io, raw.as_deref(), &batch, opts.write_timeout);
+        let written = unless(write, |cx| shared.signal.poll_killed_writer(cx)).await?;
         if let (Some(m), Ok(())) = (&shared.metrics, &written) {
             m.sent_batch(&batch);
         }
