@@ -317,8 +317,9 @@ async fn subscriber(
     'run: loop {
         loop {
             match dec.decode(&mut buf) {
-                Ok(Some(Event::Binary(p) | Event::Text(p))) => {
-                    let Some((ts, seq)) = decode(&p) else {
+                Ok(Some(ev @ (Event::Binary(_) | Event::Text(_)))) => {
+                    let p = ev.data().unwrap_or_default();
+                    let Some((ts, seq)) = decode(p) else {
                         shared.error();
                         continue;
                     };

@@ -158,7 +158,8 @@ async fn echo_conn(
         // Everything already read: one echo in, one message out.
         loop {
             match dec.decode(&mut buf) {
-                Ok(Some(Event::Text(p) | Event::Binary(p))) => {
+                Ok(Some(ev @ (Event::Text(_) | Event::Binary(_)))) => {
+                    let p = ev.data().unwrap_or_default();
                     let phase = shared.phase();
                     match inflight.pop_front() {
                         Some(sent) if p.len() == size => {

@@ -83,7 +83,7 @@ async fn serve(mut stream: TcpStream) -> std::io::Result<()> {
     loop {
         loop {
             match dec.decode(&mut buf) {
-                Ok(Some(Event::Text(p))) => push(&mut out, OpCode::Text, p),
+                Ok(Some(Event::Text(t))) => push(&mut out, OpCode::Text, t.into_bytes()),
                 Ok(Some(Event::Binary(p))) => push(&mut out, OpCode::Binary, p),
                 Ok(Some(Event::Ping(p))) => push(&mut out, OpCode::Pong, p),
                 Ok(Some(Event::Pong(_))) => {}

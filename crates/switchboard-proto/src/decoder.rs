@@ -19,6 +19,7 @@ use crate::{
     frame::{FrameHeader, OpCode},
     limits::Limits,
     mask::apply_mask,
+    text::Utf8Bytes,
     utf8::Utf8Validator,
 };
 
@@ -34,8 +35,8 @@ pub enum Role {
 /// One thing the peer said.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// A complete text message; the bytes are valid UTF-8.
-    Text(Bytes),
+    /// A complete text message.
+    Text(Utf8Bytes),
     /// A complete binary message.
     Binary(Bytes),
     /// A ping with its payload (reply with a pong carrying the same bytes).
@@ -44,6 +45,17 @@ pub enum Event {
     Pong(Bytes),
     /// The peer's close frame (`None` when it carried no status code).
     Close(Option<CloseFrame>),
+}
+
+impl Event {
+    /// The payload of a data message (text or binary), `None` for the rest.
+    pub fn data(&self) -> Option<&[u8]> {
+        match self {
+            Event::Text(t) => Some(t.as_bytes()),
+            Event::Binary(b) => Some(b),
+            _ => None,
+        }
+    }
 }
 
 /// A negotiated extension that transforms the payload of messages whose
@@ -69,6 +81,10 @@ struct InFrame {
     header: FrameHeader,
     /// Payload bytes at the front of the buffer already unmasked and checked.
     processed: usize,
+    /// Some of those bytes went back to the caller between two `decode`
+    /// calls (the frame spans reads), where safe code could change them:
+    /// such a text payload is checked again as a whole (see `text_event`).
+    spanned: bool,
 }
 
 #[derive(Debug)]
@@ -78,6 +94,8 @@ struct InMessage {
     fragments: usize,
     /// Bytes received so far (before decompression).
     wire_len: u64,
+    /// An uncompressed frame of this message spanned `decode` calls.
+    spanned: bool,
 }
 
 /// Decodes a stream of frames into [`Event`]s.
@@ -157,12 +175,14 @@ impl Decoder {
                         compressed: header.rsv1,
                         fragments: 0,
                         wire_len: 0,
+                        spanned: false,
                     });
                     self.utf8.reset();
                 }
                 self.frame = Some(InFrame {
                     header,
                     processed: 0,
+                    spanned: false,
                 });
             }
             let Some(frame) = self.frame.as_mut() else {
@@ -189,13 +209,14 @@ impl Decoder {
                 frame.processed = available;
             }
             if buf.len() < len {
+                frame.spanned |= frame.processed > 0;
                 buf.reserve(len - buf.len());
                 return Ok(None);
             }
-            let header = frame.header;
+            let (header, spanned) = (frame.header, frame.spanned);
             self.frame = None;
             let payload = buf.split_to(len).freeze();
-            if let Some(event) = self.finish_frame(header, payload)? {
+            if let Some(event) = self.finish_frame(header, payload, spanned)? {
                 return Ok(Some(event));
             }
         }
@@ -259,6 +280,7 @@ impl Decoder {
         &mut self,
         header: FrameHeader,
         payload: Bytes,
+        spanned: bool,
     ) -> Result<Option<Event>, ProtocolError> {
         match header.opcode {
             OpCode::Ping => return Ok(Some(Event::Ping(payload))),
@@ -275,6 +297,9 @@ impl Decoder {
         };
         message.fragments += 1;
         message.wire_len += payload.len() as u64;
+        // Decompressed bytes are checked where they are produced, in the
+        // decoder's own buffer; only plain fragments sit in the caller's.
+        message.spanned |= spanned && !message.compressed;
         let text = message.text;
         if message.compressed {
             let Some(extension) = self.extension.as_mut() else {
@@ -297,7 +322,7 @@ impl Decoder {
             self.message = None;
             return if text {
                 self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
-                Ok(Some(Event::Text(payload)))
+                text_event(payload, spanned)
             } else {
                 Ok(Some(Event::Binary(payload)))
             };
@@ -307,15 +332,37 @@ impl Decoder {
         if !header.fin {
             return Ok(None);
         }
+        let spanned = message.spanned;
         self.message = None;
         let data = self.assembled.split().freeze();
         if text {
             self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
-            Ok(Some(Event::Text(data)))
+            text_event(data, spanned)
         } else {
             Ok(Some(Event::Binary(data)))
         }
     }
+}
+
+/// The event for a complete text message whose every byte the validator
+/// accepted, and whose `finish` found no unfinished code point.
+///
+/// The validator saw the bytes where they were unmasked: in the caller's
+/// buffer for plain frames, in the decoder's own buffer for decompressed
+/// ones. When a plain frame spanned `decode` calls (`spanned`), its bytes
+/// sat in the caller's buffer in between, where safe code could have changed
+/// them, so they are checked once more; otherwise nothing but this decoder
+/// touched them since they were checked.
+#[allow(unsafe_code)] // Audited: see the SAFETY note and text.rs.
+fn text_event(payload: Bytes, spanned: bool) -> Result<Option<Event>, ProtocolError> {
+    let text = if spanned {
+        Utf8Bytes::try_from(payload).map_err(|_| ProtocolError::InvalidUtf8)?
+    } else {
+        // SAFETY: not `spanned`, so the validator checked exactly these
+        // bytes (see above) and nothing has written to them since.
+        unsafe { Utf8Bytes::from_bytes_unchecked(payload) }
+    };
+    Ok(Some(Event::Text(text)))
 }
 
 #[cfg(test)]
@@ -371,6 +418,46 @@ mod tests {
             }
         }
         assert_eq!(evs, [Event::Ping("p".into()), Event::Text("κόσμε".into())]);
+    }
+
+    /// Bytes the validator accepted but that went back to the caller
+    /// between calls are checked again: a caller that overwrites them gets
+    /// a 1007, never a text event holding invalid UTF-8.
+    #[test]
+    fn text_changed_by_the_caller_between_calls_is_checked_again() {
+        for fragmented in [false, true] {
+            let mut bytes = if fragmented {
+                masked(OpCode::Text, false, b"ab")
+            } else {
+                Vec::new()
+            };
+            let frame = masked(OpCode::Continuation, true, b"hello world");
+            if fragmented {
+                bytes.extend_from_slice(&frame);
+            } else {
+                bytes.extend_from_slice(&masked(OpCode::Text, true, b"hello world"));
+            }
+            let mut dec = server();
+            // Everything but the last payload byte: the frame is pending.
+            let mut buf = BytesMut::from(&bytes[..bytes.len() - 1]);
+            let mut events = Vec::new();
+            while let Some(ev) = dec.decode(&mut buf).unwrap() {
+                events.push(ev);
+            }
+            assert!(events.is_empty());
+            // The unmasked, validated bytes are at the front of `buf` now;
+            // a careless caller writes over one of them.
+            buf[0] = 0xff;
+            buf.extend_from_slice(&bytes[bytes.len() - 1..]);
+            assert_eq!(dec.decode(&mut buf), Err(ProtocolError::InvalidUtf8));
+        }
+        // The same split without tampering still decodes (checked twice).
+        let bytes = masked(OpCode::Text, true, "κόσμε".as_bytes());
+        let mut dec = server();
+        let mut buf = BytesMut::from(&bytes[..bytes.len() - 3]);
+        assert_eq!(dec.decode(&mut buf), Ok(None));
+        buf.extend_from_slice(&bytes[bytes.len() - 3..]);
+        assert_eq!(dec.decode(&mut buf), Ok(Some(Event::Text("κόσμε".into()))));
     }
 
     #[test]

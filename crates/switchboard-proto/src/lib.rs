@@ -9,6 +9,7 @@
 //! # Layout
 //! - [`mask`](apply_mask): payload masking, eight bytes at a time.
 //! - [`Utf8Validator`]: incremental UTF-8 checking across fragments.
+//! - [`Utf8Bytes`]: a text message's payload, shared bytes known to be UTF-8.
 //! - [`CloseCode`], [`CloseFrame`]: close codes and payloads.
 //! - [`FrameHeader`], [`Frame`]: header parsing and encoded outgoing frames.
 //! - [`Decoder`]: the incoming state machine enforcing every rule and [`Limits`].
@@ -17,7 +18,9 @@
 //!   negotiation, compression, and decompression bounded by the message limit.
 //!
 //! # Feature flags
-//! None: the crate is always sans-IO and dependency-light (`flate2` with its
+//! - `serde` (off): `Serialize`/`Deserialize` for [`Utf8Bytes`], as a string.
+//!
+//! The crate is always sans-IO and dependency-light (`flate2` with its
 //! pure-Rust `zlib-rs` backend is the one non-trivial dependency).
 
 mod close;
@@ -28,6 +31,7 @@ mod frame;
 mod handshake;
 mod limits;
 mod mask;
+mod text;
 mod utf8;
 
 pub use close::{CloseCode, CloseFrame, MAX_CLOSE_REASON};
@@ -44,4 +48,5 @@ pub use handshake::{
 };
 pub use limits::Limits;
 pub use mask::apply_mask;
+pub use text::Utf8Bytes;
 pub use utf8::{InvalidUtf8, Utf8Validator};

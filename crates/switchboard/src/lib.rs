@@ -89,7 +89,9 @@ pub use ratelimit::{RateLimit, RateLimitPolicy};
 pub use response::{error_response, Body, BoxError, Html, IntoResponse, Json, Response};
 pub use server::shutdown_signal;
 pub use switchboard_proto as proto;
-pub use switchboard_proto::{CloseCode, CloseFrame, DeflateConfig, DeflateParams, Limits};
+pub use switchboard_proto::{
+    CloseCode, CloseFrame, DeflateConfig, DeflateParams, Limits, Utf8Bytes,
+};
 #[cfg(feature = "tls")]
 pub use tls::TlsConfig;
 pub use ws::{

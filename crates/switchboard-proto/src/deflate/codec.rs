@@ -495,12 +495,12 @@ mod tests {
         let frame = Frame::masked(OpCode::Text, true, true, &[0x00], KEY).to_vec();
         assert_eq!(
             decode_all(&mut server_decoder(1 << 20, false), &frame).unwrap(),
-            [Event::Text(Bytes::new())]
+            [Event::Text(crate::Utf8Bytes::new())]
         );
         let frame = Frame::masked(OpCode::Text, true, true, &[], KEY).to_vec();
         assert_eq!(
             decode_all(&mut server_decoder(1 << 20, false), &frame).unwrap(),
-            [Event::Text(Bytes::new())]
+            [Event::Text(crate::Utf8Bytes::new())]
         );
     }
 

@@ -653,7 +653,7 @@ impl Hub {
         value: &T,
     ) -> Result<Delivery, Error> {
         let text = serde_json::to_string(value)?;
-        Ok(self.publish_message(room, Message::Text(text), None))
+        Ok(self.publish_message(room, Message::Text(text.into()), None))
     }
 
     /// Publishes an already encoded frame to `room` (recorded in history,

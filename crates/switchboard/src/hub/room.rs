@@ -41,13 +41,7 @@ impl HistoryEntry {
 
     /// The message as sent.
     pub fn message(&self) -> crate::Message {
-        let payload = self.frame.payload().clone();
-        match self.frame.opcode() {
-            switchboard_proto::OpCode::Text => {
-                crate::Message::Text(String::from_utf8_lossy(&payload).into_owned())
-            }
-            _ => crate::Message::Binary(payload),
-        }
+        crate::Message::from_frame(&self.frame)
     }
 }
 

@@ -76,11 +76,7 @@ impl SubscriptionItem {
 
     /// The message as sent.
     pub fn message(&self) -> Message {
-        let payload = self.frame.payload().clone();
-        match self.frame.opcode() {
-            OpCode::Text => Message::Text(String::from_utf8_lossy(&payload).into_owned()),
-            _ => Message::Binary(payload),
-        }
+        Message::from_frame(&self.frame)
     }
 }
 

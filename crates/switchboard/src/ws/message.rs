@@ -1,7 +1,7 @@
 //! The message type handlers send and receive.
 
 use bytes::Bytes;
-use switchboard_proto::CloseFrame;
+use switchboard_proto::{CloseFrame, Utf8Bytes};
 
 /// A complete WebSocket message.
 ///
@@ -9,8 +9,10 @@ use switchboard_proto::CloseFrame;
 /// messages and, once, the peer's close.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
-    /// A text message.
-    Text(String),
+    /// A text message: shared bytes known to be UTF-8, read as a `&str`
+    /// (received text is a slice of the read buffer, sent text goes out
+    /// without a copy).
+    Text(Utf8Bytes),
     /// A binary message.
     Binary(Bytes),
     /// The peer closed the connection (`None`: its close frame had no code).
@@ -20,7 +22,7 @@ pub enum Message {
 
 impl Message {
     /// A text message.
-    pub fn text(s: impl Into<String>) -> Message {
+    pub fn text(s: impl Into<Utf8Bytes>) -> Message {
         Message::Text(s.into())
     }
 
@@ -51,6 +53,19 @@ impl Message {
         matches!(self, Message::Close(_))
     }
 
+    /// The data message an encoded frame carries (a text frame that is not
+    /// UTF-8, which only a hand-built frame can be, is read lossily).
+    pub(crate) fn from_frame(frame: &switchboard_proto::Frame) -> Message {
+        let payload = frame.payload().clone();
+        match frame.opcode() {
+            switchboard_proto::OpCode::Text => Message::Text(
+                Utf8Bytes::try_from(payload.clone())
+                    .unwrap_or_else(|_| String::from_utf8_lossy(&payload).into_owned().into()),
+            ),
+            _ => Message::Binary(payload),
+        }
+    }
+
     pub(crate) fn kind(&self) -> &'static str {
         match self {
             Message::Text(_) => "text",
@@ -60,15 +75,21 @@ impl Message {
     }
 }
 
+impl From<Utf8Bytes> for Message {
+    fn from(s: Utf8Bytes) -> Message {
+        Message::Text(s)
+    }
+}
+
 impl From<String> for Message {
     fn from(s: String) -> Message {
-        Message::Text(s)
+        Message::Text(s.into())
     }
 }
 
 impl From<&str> for Message {
     fn from(s: &str) -> Message {
-        Message::Text(s.to_owned())
+        Message::Text(s.into())
     }
 }
 

@@ -23,7 +23,7 @@ use futures_core::Stream;
 use http::{HeaderMap, Uri};
 use serde::{de::DeserializeOwned, Serialize};
 use switchboard_proto::{
-    CloseCode, CloseFrame, Decoder, DeflateParams, Event, Frame, OpCode, Role,
+    CloseCode, CloseFrame, Decoder, DeflateParams, Event, Frame, OpCode, Role, Utf8Bytes,
 };
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -179,8 +179,8 @@ impl Sender {
     }
 
     /// Sends a text message.
-    pub async fn send_text(&self, text: impl Into<String>) -> Result<(), Error> {
-        let frame = self.frame(OpCode::Text, Bytes::from(text.into()));
+    pub async fn send_text(&self, text: impl Into<Utf8Bytes>) -> Result<(), Error> {
+        let frame = self.frame(OpCode::Text, text.into().into_bytes());
         self.shared.send(frame).await
     }
 
@@ -395,11 +395,8 @@ impl Receiver {
                     if let Some(m) = &self.shared.metrics {
                         m.received(bytes.len());
                     }
-                    // The decoder validated UTF-8; this re-check is a cheap
-                    // SIMD pass that keeps the crate free of `unsafe`.
-                    let text = String::from_utf8(bytes.to_vec())
-                        .map_err(|_| Error::from(switchboard_proto::ProtocolError::InvalidUtf8))?;
-                    return Ok(Message::Text(text));
+                    // Validated by the decoder: no copy, no second check.
+                    return Ok(Message::Text(bytes));
                 }
                 Some(Event::Binary(bytes)) => {
                     if let Some(m) = &self.shared.metrics {
@@ -470,12 +467,15 @@ impl Receiver {
         }
     }
 
-    /// Receives a text message; `Ok(None)` when the peer closed. A binary
-    /// message is an error ([`Error::is_wrong_type`]) and the socket stays
-    /// usable.
+    /// Receives a text message as an owned `String` (a copy; [`recv`]'s
+    /// [`Message::Text`] holds the received bytes without one); `Ok(None)`
+    /// when the peer closed. A binary message is an error
+    /// ([`Error::is_wrong_type`]) and the socket stays usable.
+    ///
+    /// [`recv`]: Receiver::recv
     pub async fn recv_text(&mut self) -> Result<Option<String>, Error> {
         match self.recv_message().await? {
-            Some(Message::Text(t)) => Ok(Some(t)),
+            Some(Message::Text(t)) => Ok(Some(t.into())),
             Some(other) => Err(wrong_type("text", &other)),
             None => Ok(None),
         }
@@ -701,7 +701,7 @@ impl Socket {
     }
 
     /// Sends a text message.
-    pub async fn send_text(&self, text: impl Into<String>) -> Result<(), Error> {
+    pub async fn send_text(&self, text: impl Into<Utf8Bytes>) -> Result<(), Error> {
         self.sender.send_text(text).await
     }
 

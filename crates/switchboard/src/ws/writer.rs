@@ -19,6 +19,13 @@
 //! slow recipient). Frames are `switchboard_proto::Frame`s, whose payload is
 //! a shared `Bytes`, so one encoded frame can sit in many queues.
 //!
+//! Small writes are copied into one buffer and written with `send` rather
+//! than gathered with `writev` (`poll_write_slices`): on Linux `writev`
+//! goes through the file layer (position lock, permission and notify hooks)
+//! and walks an iovec array, which costs about 150–190 ns more per call on
+//! loopback than `send` of the same 34 bytes, more than copying up to a few
+//! KiB (measured in docs/BENCHMARKS.md, "Profiles and fixes").
+//!
 //! Direct writes are only used on a plain TCP stream without
 //! permessage-deflate: with deflate the writer task compresses in wire order
 //! (see `compress.rs`), a TLS or HTTP/2 stream may buffer a write until it
@@ -32,12 +39,13 @@
 //! [`Sender`]: crate::ws::Sender
 
 use std::{
+    cell::RefCell,
     collections::VecDeque,
     future::Future,
     io::IoSlice,
     pin::Pin,
     sync::{
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering},
         Arc, Mutex, MutexGuard,
     },
     task::{Context, Poll, Waker},
@@ -69,6 +77,18 @@ const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// Slices of one `writev`: header and payload per frame, plus the tail of a
 /// direct write.
 const MAX_SLICES: usize = 2 * MAX_BATCH_FRAMES + 1;
+
+/// Writes of at most this many bytes in more than one piece are copied
+/// into one buffer and written with `send` (see the module docs); larger
+/// ones are gathered with `writev`, where the copy would cost more than the
+/// system call saves.
+const COALESCE_MAX: usize = 4096;
+
+thread_local! {
+    /// Where `poll_write_slices` copies small writes: one buffer per worker
+    /// thread, not per connection (idle connections hold none).
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
 
 /// The write half of the connection.
 type Io = Box<dyn AsyncWrite + Send + Unpin>;
@@ -153,11 +173,10 @@ pub(crate) struct Shared {
     /// Set by `terminate`: queued data frames are dropped, only the close
     /// frame still goes out.
     purge: AtomicBool,
-    /// Milliseconds since `epoch` when the peer last sent any frame
-    /// (liveness, for the heartbeat).
-    last_seen: AtomicU64,
-    /// Milliseconds since `epoch` of the last data message (idle timeout).
-    last_data: AtomicU64,
+    /// What the peer sent since the writer's last tick (`HEARD_*` bits):
+    /// the receiver sets them, the tick takes them and turns them into
+    /// times (see `saw_peer`).
+    heard: AtomicU8,
     epoch: Instant,
     /// Milliseconds since `epoch` after which the connection's credentials
     /// expire (`u64::MAX`: never).
@@ -242,9 +261,7 @@ impl Shared {
                 let slices = [IoSlice::new(frame.header()), IoSlice::new(frame.payload())];
                 // A `Pending` registers the no-op waker with the socket; the
                 // writer task registers its own when it next writes.
-                if let Poll::Ready(Ok(n @ 1..)) =
-                    Pin::new(&mut **io).poll_write_vectored(&mut cx, &slices)
-                {
+                if let Poll::Ready(Ok(n @ 1..)) = poll_write_slices(&mut **io, &mut cx, &slices) {
                     if let Some(m) = &self.metrics {
                         m.sent_batch(std::slice::from_ref(&frame));
                     }
@@ -430,11 +447,21 @@ impl Shared {
     }
 
     /// Records that the peer sent a frame (`data`: a data message).
+    ///
+    /// Per message this is one relaxed load (a read-modify-write only for
+    /// the first message of a tick): reading the clock here instead was
+    /// about 3% of an echo's instructions (docs/BENCHMARKS.md). The tick
+    /// stamps what it finds with its own time, so a frame counts as heard
+    /// up to one tick late: timeouts never fire early and at most one tick
+    /// later than they would with exact times.
     pub(crate) fn saw_peer(&self, data: bool) {
-        let now = self.now_ms();
-        self.last_seen.store(now, Ordering::Relaxed);
-        if data {
-            self.last_data.store(now, Ordering::Relaxed);
+        let bits = if data {
+            HEARD_ANY | HEARD_DATA
+        } else {
+            HEARD_ANY
+        };
+        if self.heard.load(Ordering::Relaxed) & bits != bits {
+            self.heard.fetch_or(bits, Ordering::Relaxed);
         }
     }
 
@@ -493,8 +520,7 @@ pub(crate) fn spawn_writer(io: Io, opts: WriterOptions) -> Arc<Shared> {
         signal: Arc::clone(&opts.signal),
         killed_by: Mutex::new(None),
         purge: AtomicBool::new(false),
-        last_seen: AtomicU64::new(0),
-        last_data: AtomicU64::new(0),
+        heard: AtomicU8::new(0),
         epoch: Instant::now(),
         expires_at: AtomicU64::new(u64::MAX),
         deflate: opts.deflate,
@@ -537,13 +563,33 @@ pub(crate) fn spawn_writer(io: Io, opts: WriterOptions) -> Arc<Shared> {
     shared
 }
 
+/// The peer sent some frame (`Shared::heard`).
+const HEARD_ANY: u8 = 1;
+/// The peer sent a data message.
+const HEARD_DATA: u8 = 2;
+
+/// The heartbeat's view of the peer, kept by the writer task: milliseconds
+/// since `Shared::epoch`, as of the tick that noticed.
+#[derive(Debug, Default)]
+struct Liveness {
+    /// When the peer was last heard from (any frame).
+    seen: u64,
+    /// When the last data message arrived (idle timeout).
+    data: u64,
+    /// What `seen` was when we last pinged (`None`: never pinged).
+    ping: Option<u64>,
+}
+
 /// What the once-a-tick timer found.
-fn check_timers(
-    shared: &Shared,
-    opts: &WriterOptions,
-    last_ping: &mut Option<u64>,
-) -> Option<CloseFrame> {
+fn check_timers(shared: &Shared, opts: &WriterOptions, live: &mut Liveness) -> Option<CloseFrame> {
     let now = shared.now_ms();
+    let heard = shared.heard.swap(0, Ordering::Relaxed);
+    if heard & HEARD_ANY != 0 {
+        live.seen = now;
+    }
+    if heard & HEARD_DATA != 0 {
+        live.data = now;
+    }
     if now >= shared.expires_at.load(Ordering::Acquire) {
         return Some(CloseFrame::new(
             CloseCode::POLICY_VIOLATION,
@@ -551,28 +597,24 @@ fn check_timers(
         ));
     }
     if let Some(idle) = opts.idle_timeout {
-        if now.saturating_sub(shared.last_data.load(Ordering::Relaxed)) >= idle.as_millis() as u64 {
+        if now.saturating_sub(live.data) >= idle.as_millis() as u64 {
             return Some(CloseFrame::new(CloseCode::GOING_AWAY, "idle timeout"));
         }
     }
     if let Some(interval) = opts.ping_interval {
-        let seen = shared.last_seen.load(Ordering::Relaxed);
-        let silent = now.saturating_sub(seen);
+        let silent = now.saturating_sub(live.seen);
         if silent >= (interval + opts.pong_timeout).as_millis() as u64 {
             return Some(CloseFrame::new(CloseCode::GOING_AWAY, "pong timeout"));
         }
         // Ping once per silence: after `interval` without a frame from the
         // peer, and not again until the peer has been heard from.
-        // `last_ping` holds what `last_seen` was when we pinged.
-        if silent >= interval.as_millis() as u64 && last_ping.is_none_or(|at| seen > at) {
-            *last_ping = Some(seen);
-            {
-                let ping = match shared.role {
-                    Role::Server => Frame::new(OpCode::Ping, true, false, Bytes::new()),
-                    Role::Client => Frame::masked(OpCode::Ping, true, false, &[], rand::random()),
-                };
-                shared.send_control(ping);
-            }
+        if silent >= interval.as_millis() as u64 && live.ping.is_none_or(|at| live.seen > at) {
+            live.ping = Some(live.seen);
+            let ping = match shared.role {
+                Role::Server => Frame::new(OpCode::Ping, true, false, Bytes::new()),
+                Role::Client => Frame::masked(OpCode::Ping, true, false, &[], rand::random()),
+            };
+            shared.send_control(ping);
         }
     }
     None
@@ -606,13 +648,13 @@ async fn writer_loop(shared: &Shared, opts: &WriterOptions) -> Option<Io> {
     });
     let mut timer = tokio::time::interval(tick);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_ping = None;
+    let mut live = Liveness::default();
     loop {
         let work = tokio::select! {
             biased;
             work = std::future::poll_fn(|cx| shared.poll_work(cx, &mut cmds, &mut told_going_away)) => work,
             _ = timer.tick() => {
-                if let Some(close) = check_timers(shared, opts, &mut last_ping) {
+                if let Some(close) = check_timers(shared, opts, &mut live) {
                     tracing::debug!(code = close.code.0, reason = %close.reason, "closing websocket");
                     shared.terminate(close);
                 }
@@ -785,12 +827,46 @@ fn poll_write_from(
     if batch.len() * 2 < SMALL {
         let mut slices = [IoSlice::new(&[]); SMALL];
         let len = fill_slices(&mut slices, raw, batch, skip);
-        Pin::new(io).poll_write_vectored(cx, &slices[..len])
+        poll_write_slices(io, cx, &slices[..len])
     } else {
         let mut slices = [IoSlice::new(&[]); MAX_SLICES];
         let len = fill_slices(&mut slices, raw, batch, skip);
-        Pin::new(io).poll_write_vectored(cx, &slices[..len])
+        poll_write_slices(io, cx, &slices[..len])
     }
+}
+
+/// One write of `slices`, in order: a single piece as it is, up to
+/// `COALESCE_MAX` bytes in several pieces copied into the thread's scratch
+/// buffer and written as one (`send` on TCP), larger ones gathered
+/// (`writev`). Returns how many bytes the socket took.
+fn poll_write_slices(
+    io: &mut (dyn AsyncWrite + Send + Unpin),
+    cx: &mut Context<'_>,
+    slices: &[IoSlice<'_>],
+) -> Poll<std::io::Result<usize>> {
+    match slices {
+        [] => return Poll::Ready(Ok(0)),
+        [one] => return Pin::new(io).poll_write(cx, one),
+        _ => {}
+    }
+    let total: usize = slices.iter().map(|s| s.len()).sum();
+    if total <= COALESCE_MAX {
+        let written = SCRATCH.with(|scratch| {
+            // Busy only if a stream's own write came back here, which none
+            // does; then gather instead.
+            let mut buf = scratch.try_borrow_mut().ok()?;
+            buf.clear();
+            buf.reserve(COALESCE_MAX);
+            for s in slices {
+                buf.extend_from_slice(s);
+            }
+            Some(Pin::new(&mut *io).poll_write(cx, &buf))
+        });
+        if let Some(written) = written {
+            return written;
+        }
+    }
+    Pin::new(io).poll_write_vectored(cx, slices)
 }
 
 /// Fills `slices` with what is left after the first `skip` bytes of `raw`
