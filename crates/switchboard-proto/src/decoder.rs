@@ -11,7 +11,7 @@
 //! An unfragmented message is handed out as a slice of the read buffer (no
 //! copy); fragmented ones are reassembled into one buffer.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use crate::{
     close::CloseFrame,
@@ -168,7 +168,7 @@ impl Decoder {
                     return Ok(None);
                 };
                 self.check_header(&header)?;
-                let _ = buf.split_to(header_len);
+                buf.advance(header_len);
                 if matches!(header.opcode, OpCode::Text | OpCode::Binary) {
                     self.message = Some(InMessage {
                         text: header.opcode == OpCode::Text,

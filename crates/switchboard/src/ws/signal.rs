@@ -142,46 +142,72 @@ impl ConnSignal {
         self.going_away.load(Ordering::SeqCst)
     }
 
-    /// Ready once the connection is killed (for the reading side).
-    pub(crate) fn poll_killed(&self, cx: &mut Context<'_>) -> Poll<()> {
-        poll_flag(&self.killed, &self.reader, cx)
+    /// The killed flag, for the reading side.
+    pub(crate) fn killed(&self) -> Watch<'_> {
+        Watch {
+            flag: &self.killed,
+            waker: &self.reader,
+        }
     }
 
-    /// Ready once the connection is killed, for the writer task (it
-    /// re-registers its waker: a wake-up for work may have used it up).
-    pub(crate) fn poll_killed_writer(&self, cx: &mut Context<'_>) -> Poll<()> {
-        poll_flag(&self.killed, &self.writer, cx)
+    /// The killed flag, for the writer task (it re-registers its waker: a
+    /// wake-up for work may have used it up).
+    pub(crate) fn killed_writer(&self) -> Watch<'_> {
+        Watch {
+            flag: &self.killed,
+            waker: &self.writer,
+        }
     }
 
-    /// Ready once the app forced the shutdown (for the handler's task).
-    pub(crate) fn poll_forced(&self, cx: &mut Context<'_>) -> Poll<()> {
-        poll_flag(&self.forced, &self.handler, cx)
-    }
-}
-
-/// Registers the waiting task's waker, then looks at the flag (in that
-/// order, so a flag set in between still wakes it).
-fn poll_flag(flag: &AtomicBool, waker: &AtomicWaker, cx: &mut Context<'_>) -> Poll<()> {
-    waker.register(cx.waker());
-    if flag.load(Ordering::SeqCst) {
-        Poll::Ready(())
-    } else {
-        Poll::Pending
+    /// The forced-shutdown flag, for the handler's task.
+    pub(crate) fn forced(&self) -> Watch<'_> {
+        Watch {
+            flag: &self.forced,
+            waker: &self.handler,
+        }
     }
 }
 
-/// Runs `fut` unless `signal` becomes ready first (then `None`); the signal
-/// is looked at before each poll of `fut`, so it wins a tie.
-pub(crate) async fn unless<F: Future>(
-    fut: F,
-    mut signal: impl FnMut(&mut Context<'_>) -> Poll<()>,
-) -> Option<F::Output> {
+/// One flag of a connection's signal and the waker its watcher registers.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Watch<'a> {
+    flag: &'a AtomicBool,
+    waker: &'a AtomicWaker,
+}
+
+impl Watch<'_> {
+    /// Whether the flag is set (a load; registers nothing).
+    pub(crate) fn is_set(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+
+    /// Ready once the flag is set. Registers the waiting task's waker, then
+    /// looks at the flag (in that order, so a flag set in between still
+    /// wakes it).
+    pub(crate) fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.waker.register(cx.waker());
+        if self.is_set() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// Runs `fut` unless `signal` is set first (then `None`). The flag is
+/// looked at before each poll of `fut`, so it wins a tie; the waker is
+/// registered only when `fut` has to wait (a future that is ready at once,
+/// the common case for a receive with data in the buffer, costs one load).
+pub(crate) async fn unless<F: Future>(fut: F, signal: Watch<'_>) -> Option<F::Output> {
     let mut fut = std::pin::pin!(fut);
     std::future::poll_fn(|cx| {
-        if signal(cx).is_ready() {
+        if signal.is_set() {
             return Poll::Ready(None);
         }
-        fut.as_mut().poll(cx).map(Some)
+        match fut.as_mut().poll(cx) {
+            Poll::Ready(out) => Poll::Ready(Some(out)),
+            Poll::Pending => signal.poll(cx).map(|()| None),
+        }
     })
     .await
 }
@@ -206,7 +232,7 @@ mod tests {
         assert!(a.is_killed() && late.is_killed());
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
-        assert!(a.poll_forced(&mut cx).is_ready());
+        assert!(a.forced().poll(&mut cx).is_ready());
         assert!(app.register().is_killed());
     }
 
@@ -215,9 +241,9 @@ mod tests {
         let conn = ConnSignal::standalone();
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
-        assert!(conn.poll_killed(&mut cx).is_pending());
+        assert!(conn.killed().poll(&mut cx).is_pending());
         conn.kill();
-        assert!(conn.poll_killed(&mut cx).is_ready());
+        assert!(conn.killed().poll(&mut cx).is_ready());
         assert!(!conn.is_going_away());
     }
 }

@@ -326,10 +326,11 @@ impl Receiver {
                 return Err(Error::disconnect(ended));
             };
             // Killed (slow consumer, dead peer, forced shutdown) wins over
-            // reading; the check is a waker registration and a load (see
-            // signal.rs for why not a cancellation token).
+            // reading; the check is a load, plus a waker registration when
+            // the read must wait (see signal.rs for why not a cancellation
+            // token).
             let signal = &self.shared.signal;
-            let event = unless(state.next_event(), |cx| signal.poll_killed(cx)).await;
+            let event = unless(state.next_event(), signal.killed()).await;
             let Some(event) = event else {
                 let frame = self
                     .shared

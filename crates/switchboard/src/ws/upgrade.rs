@@ -462,7 +462,7 @@ pub(crate) async fn serve(
         // Dropped when the shutdown deadline passes; polled per message,
         // hence a lock-free signal (see signal.rs).
         let run = std::panic::AssertUnwindSafe(handler(ws)).catch_unwind();
-        let Some(outcome) = unless(run, |cx| signal.poll_forced(cx)).await else {
+        let Some(outcome) = unless(run, signal.forced()).await else {
             return;
         };
         let (status, close) = match outcome {
