@@ -44,7 +44,8 @@ const FIRST_READ: usize = 1024;
 /// The largest step the read buffer grows by: steps double each time a read
 /// fills all the room it had (a busy or bulk connection), from `FIRST_READ`.
 const MAX_READ_CHUNK: usize = 64 * 1024;
-/// Below this much free room the buffer grows before the next read.
+/// Below this much free room the buffer grows before the next read (when
+/// its space cannot be reclaimed, see `next_event`).
 const MIN_FREE: usize = 256;
 
 /// The reading side's state; moved to the close path if the receiver is
@@ -107,7 +108,16 @@ impl ReadState {
                 *chunk = FIRST_READ;
                 continue;
             }
-            if buf.capacity() - buf.len() < MIN_FREE {
+            // Room for a whole step if the buffer's own space can be taken
+            // back without allocating (the messages handed out are gone):
+            // reading into whatever was left at the end split a message
+            // over two reads, one more `recv` per 512-byte echo half the
+            // time (docs/BENCHMARKS.md). Only when that fails, and little
+            // room is left, does the buffer grow.
+            if buf.capacity() - buf.len() < *chunk
+                && !buf.try_reclaim(*chunk)
+                && buf.capacity() - buf.len() < MIN_FREE
+            {
                 buf.reserve(*chunk);
             }
             let room = buf.capacity() - buf.len();

@@ -452,7 +452,7 @@ impl Shared {
     /// the first message of a tick): reading the clock here instead was
     /// about 3% of an echo's instructions (docs/BENCHMARKS.md). The tick
     /// stamps what it finds with its own time, so a frame counts as heard
-    /// up to one tick late: timeouts never fire early and at most one tick
+    /// up to one tick late: timeouts never fire early, and at most one tick
     /// later than they would with exact times.
     pub(crate) fn saw_peer(&self, data: bool) {
         let bits = if data {
@@ -633,8 +633,10 @@ async fn writer_loop(shared: &Shared, opts: &WriterOptions) -> Option<Io> {
     // memory every idle connection pays for.
     let mut compressor = opts.deflate.map(|n| Box::new(Compressor::new(n)));
     let mut told_going_away = false;
-    // One timer for heartbeat, idle and expiry checks: ticks at a fraction
-    // of the shortest deadline, so a deadline is noticed within 1/4 of it.
+    // One timer for heartbeat, idle and expiry checks: ticks at an eighth
+    // of the shortest deadline. A frame from the peer is stamped by the
+    // next tick (`saw_peer`) and the deadline noticed by the tick after it,
+    // so a deadline fires late by at most a quarter of it, never early.
     let tick = [
         opts.ping_interval,
         opts.idle_timeout,
@@ -644,7 +646,7 @@ async fn writer_loop(shared: &Shared, opts: &WriterOptions) -> Option<Io> {
     .flatten()
     .min()
     .map_or(Duration::from_secs(1), |d| {
-        (d / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+        (d / 8).clamp(Duration::from_millis(10), Duration::from_secs(1))
     });
     let mut timer = tokio::time::interval(tick);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -72,6 +72,28 @@ async fn idle_connections_are_closed() {
     assert!(started.elapsed() >= Duration::from_millis(190));
 }
 
+/// Data messages keep an idle-timeout connection open (the receiver marks
+/// the peer heard, the writer's tick turns that into time), and once the
+/// data stops the timeout applies again.
+#[tokio::test]
+async fn data_keeps_an_idle_connection_open() {
+    let cfg = WsConfig::default().idle_timeout(Some(Duration::from_millis(200)));
+    let c = TestClient::new(App::new().websocket_with("/ws", cfg, echo));
+    let mut ws = c.websocket_connect("/ws").await.unwrap();
+    // 12 messages 50 ms apart: 550 ms, well past the timeout.
+    for i in 0..12 {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        ws.send_text(format!("m{i}")).await.unwrap();
+        assert_eq!(ws.recv_text().await.unwrap(), Some(format!("m{i}")));
+    }
+    // The server saw the last message before its echo came back.
+    let last = Instant::now();
+    assert_eq!(close_of(&mut ws).await, (1001, "idle timeout".to_owned()));
+    assert!(last.elapsed() >= Duration::from_millis(190));
+}
+
 #[tokio::test]
 async fn rate_limit_closes_exactly_after_the_burst() {
     let cfg = WsConfig::default().rate_limit(RateLimit::new(0.5, 5));
