@@ -15,7 +15,7 @@
 //! This module holds the crate's only `unsafe`: reading the bytes as `str`
 //! without checking them again. Every safe constructor validates (or starts
 //! from a `str`); the one unchecked constructor is crate-private, used by the
-//! decoder (`text_event`) only for bytes its validator accepted and that no
+//! decoder (`checked_text`) only for bytes it checked and that no
 //! other code could have touched since, and it re-checks in debug builds
 //! (the tests and the fuzz targets).
 #![allow(unsafe_code)]
