@@ -73,7 +73,11 @@ where
     // A connection that arrives while draining (the test client, or a race
     // with the listener closing) still gets its answer: 503 for upgrades.
     let arrived_draining = shared.is_draining();
-    shared.tracker.spawn(async move {
+    // Boxed (here and at the other per-connection spawns): tokio copies a
+    // task's future into its cell and writes its whole stage again when it
+    // finishes, so a large future inline cost a memcpy of it several times
+    // per connection (docs/BENCHMARKS.md, handshakes).
+    shared.tracker.spawn(Box::pin(async move {
         tokio::pin!(conn);
         let result = tokio::select! {
             r = conn.as_mut() => r,
@@ -88,7 +92,7 @@ where
         if let Err(e) = result {
             tracing::debug!(%remote, error = %e, "http connection ended with an error");
         }
-    });
+    }));
 }
 
 /// Resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM.

@@ -455,7 +455,8 @@ pub(crate) async fn serve(
         signal: Arc::clone(&signal),
         over_h2,
     };
-    app.tracker.spawn(async move {
+    // Boxed: see `server::spawn_http1`.
+    app.tracker.spawn(Box::pin(async move {
         // Held for the connection's lifetime (connection limits).
         let _slot = slot;
         let path = logged_uri.path();
@@ -523,7 +524,7 @@ pub(crate) async fn serve(
                 shared.send_close(Some(&close));
             }
         }
-    });
+    }));
     match rx.await {
         Ok(res) => res,
         Err(_) => error_response(

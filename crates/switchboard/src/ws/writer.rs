@@ -83,6 +83,9 @@ const MAX_SLICES: usize = 2 * MAX_BATCH_FRAMES + 1;
 /// ones are gathered with `writev`, where the copy would cost more than the
 /// system call saves.
 const COALESCE_MAX: usize = 4096;
+/// Writes of at most this many bytes are gathered in a buffer on the stack
+/// instead (no thread-local access).
+const STACK_COALESCE_MAX: usize = 256;
 
 thread_local! {
     /// Where `poll_write_slices` copies small writes: one buffer per worker
@@ -527,7 +530,8 @@ pub(crate) fn spawn_writer(io: Io, opts: WriterOptions) -> Arc<Shared> {
         metrics: opts.metrics.clone(),
     });
     let task_shared = Arc::clone(&shared);
-    tokio::spawn(async move {
+    // Boxed: see `server::spawn_http1`.
+    tokio::spawn(Box::pin(async move {
         // Open from the first frame to the last write: the writer's life.
         if let Some(m) = &opts.metrics {
             m.ws_opened();
@@ -559,7 +563,7 @@ pub(crate) fn spawn_writer(io: Io, opts: WriterOptions) -> Arc<Shared> {
         if let Some(m) = &opts.metrics {
             m.ws_closed();
         }
-    });
+    }));
     shared
 }
 
@@ -852,6 +856,17 @@ fn poll_write_slices(
         _ => {}
     }
     let total: usize = slices.iter().map(|s| s.len()).sum();
+    if total <= STACK_COALESCE_MAX {
+        // The usual small message: gathered on the stack, cheaper than
+        // reaching the thread's scratch buffer.
+        let mut buf = [0u8; STACK_COALESCE_MAX];
+        let mut len = 0;
+        for s in slices {
+            buf[len..len + s.len()].copy_from_slice(s);
+            len += s.len();
+        }
+        return Pin::new(io).poll_write(cx, &buf[..len]);
+    }
     if total <= COALESCE_MAX {
         let written = SCRATCH.with(|scratch| {
             // Busy only if a stream's own write came back here, which none
