@@ -271,15 +271,17 @@ impl Decoder {
         if buf.len() - pos < len {
             return None;
         }
-        buf.advance(pos);
-        let payload = &mut buf[..len];
+        let payload = &mut buf[pos..pos + len];
         if let Some(key) = key {
             apply_mask(payload, key, 0);
         }
         if text && !payload.is_ascii() && std::str::from_utf8(payload).is_err() {
             return Some(Err(ProtocolError::InvalidUtf8));
         }
-        let payload = buf.split_to(len).freeze();
+        // Header and payload leave the buffer together; skipping the header
+        // in the frozen `Bytes` is pointer arithmetic.
+        let mut payload = buf.split_to(pos + len).freeze();
+        payload.advance(pos);
         Some(if text {
             // Checked just above, in this call; nothing wrote to it since.
             checked_text(payload, false).map(Event::Text)

@@ -19,7 +19,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex, Weak,
     },
-    task::{Context, Poll},
+    task::{Context, Poll, Waker},
 };
 
 use futures_util::task::AtomicWaker;
@@ -186,6 +186,29 @@ impl Watch<'_> {
     /// wakes it).
     pub(crate) fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
         self.waker.register(cx.waker());
+        self.ready()
+    }
+
+    /// As `poll`, for a watcher that keeps what it last registered in
+    /// `registered`. Only for the reader's and the handler's watches: their
+    /// wakers are woken by nothing but the flag (which stays set), so a
+    /// registered waker stays in place until the flag is set, and only a
+    /// task change (the receiver moved to another task) needs a new one.
+    /// Saves an `AtomicWaker` registration (two compare-and-swaps) per wait,
+    /// i.e. per message on a busy connection.
+    pub(crate) fn poll_cached(
+        &self,
+        cx: &mut Context<'_>,
+        registered: &mut Option<Waker>,
+    ) -> Poll<()> {
+        if !registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            self.waker.register(cx.waker());
+            *registered = Some(cx.waker().clone());
+        }
+        self.ready()
+    }
+
+    fn ready(&self) -> Poll<()> {
         if self.is_set() {
             Poll::Ready(())
         } else {
@@ -207,6 +230,27 @@ pub(crate) async fn unless<F: Future>(fut: F, signal: Watch<'_>) -> Option<F::Ou
         match fut.as_mut().poll(cx) {
             Poll::Ready(out) => Poll::Ready(Some(out)),
             Poll::Pending => signal.poll(cx).map(|()| None),
+        }
+    })
+    .await
+}
+
+/// As [`unless`], for the reader's and the handler's watches (see
+/// [`Watch::poll_cached`]): `registered` outlives the call, so a task that
+/// waits again and again registers its waker once.
+pub(crate) async fn unless_cached<F: Future>(
+    fut: F,
+    signal: Watch<'_>,
+    registered: &mut Option<Waker>,
+) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| {
+        if signal.is_set() {
+            return Poll::Ready(None);
+        }
+        match fut.as_mut().poll(cx) {
+            Poll::Ready(out) => Poll::Ready(Some(out)),
+            Poll::Pending => signal.poll_cached(cx, registered).map(|()| None),
         }
     })
     .await
@@ -234,6 +278,41 @@ mod tests {
         let mut cx = Context::from_waker(&waker);
         assert!(a.forced().poll(&mut cx).is_ready());
         assert!(app.register().is_killed());
+    }
+
+    #[test]
+    fn a_cached_registration_is_renewed_for_a_new_task_and_still_wakes() {
+        use std::sync::atomic::AtomicUsize;
+        struct Count(AtomicUsize);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let conn = ConnSignal::standalone();
+        let (a, b) = (
+            Arc::new(Count(AtomicUsize::new(0))),
+            Arc::new(Count(AtomicUsize::new(0))),
+        );
+        let (wa, wb) = (Waker::from(Arc::clone(&a)), Waker::from(Arc::clone(&b)));
+        let mut registered = None;
+        let watch = conn.killed();
+        assert!(watch
+            .poll_cached(&mut Context::from_waker(&wa), &mut registered)
+            .is_pending());
+        assert!(watch
+            .poll_cached(&mut Context::from_waker(&wa), &mut registered)
+            .is_pending());
+        // The receiver moved to another task: that one must be woken.
+        assert!(watch
+            .poll_cached(&mut Context::from_waker(&wb), &mut registered)
+            .is_pending());
+        conn.kill();
+        assert_eq!(b.0.load(Ordering::SeqCst), 1, "the current task is woken");
+        assert_eq!(a.0.load(Ordering::SeqCst), 0);
+        assert!(watch
+            .poll_cached(&mut Context::from_waker(&wb), &mut registered)
+            .is_ready());
     }
 
     #[test]

@@ -32,7 +32,7 @@ use crate::{
     ratelimit::{RateLimit, RateLimitPolicy, TokenBucket, WindowCounter},
     ws::{
         message::Message,
-        signal::unless,
+        signal::unless_cached,
         writer::{Shared, Slot},
     },
 };
@@ -285,6 +285,8 @@ pub struct Receiver {
     /// Set once the connection is over: what later calls report.
     ended: Option<CloseFrame>,
     policy: RecvPolicy,
+    /// The waker registered for the killed signal (`unless_cached`).
+    registered: Option<std::task::Waker>,
 }
 
 impl std::fmt::Debug for Receiver {
@@ -302,6 +304,7 @@ impl Receiver {
             shared,
             ended: None,
             policy,
+            registered: None,
         }
     }
 
@@ -340,7 +343,8 @@ impl Receiver {
             // the read must wait (see signal.rs for why not a cancellation
             // token).
             let signal = &self.shared.signal;
-            let event = unless(state.next_event(), signal.killed()).await;
+            let event =
+                unless_cached(state.next_event(), signal.killed(), &mut self.registered).await;
             let Some(event) = event else {
                 let frame = self
                     .shared

@@ -39,7 +39,7 @@ use crate::{
     ws::{
         compress::Negotiated,
         config::WsConfig,
-        signal::{unless, ConnSignal},
+        signal::{unless_cached, ConnSignal},
         socket::{linger, ConnInfo, ReadState, Receiver, RecvPolicy, Sender, Socket},
         writer::{spawn_writer, Slot},
     },
@@ -463,7 +463,8 @@ pub(crate) async fn serve(
         // Dropped when the shutdown deadline passes; polled per message,
         // hence a lock-free signal (see signal.rs).
         let run = std::panic::AssertUnwindSafe(handler(ws)).catch_unwind();
-        let Some(outcome) = unless(run, signal.forced()).await else {
+        let mut registered = None;
+        let Some(outcome) = unless_cached(run, signal.forced(), &mut registered).await else {
             return;
         };
         let (status, close) = match outcome {
