@@ -114,6 +114,7 @@ pub(crate) async fn run(
             "concurrency": concurrency, "close": close, "count": count,
             "sources": sources.count(), "warmup_s": common.warmup,
         }),
+        engine: None,
         connections: concurrency,
         duration_s: window.wall.as_secs_f64(),
         unit: "handshakes/s",

@@ -91,6 +91,7 @@ pub(crate) async fn run(common: &Common, conns: usize) -> Result<Report, String>
         label: common.label.clone(),
         url: common.url.clone(),
         params: json!({ "conns": conns, "sources": sources.count(), "hold_s": common.duration }),
+        engine: None,
         connections: open,
         duration_s: wall.as_secs_f64(),
         unit: "conns/s opened",

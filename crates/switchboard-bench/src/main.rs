@@ -21,6 +21,8 @@
 //! - `open`: opening many connections with bounded concurrency.
 //! - `report`: counters, the HDR histogram, `/proc` readings, table and JSON.
 //! - `echo`, `connect`, `broadcast`, `idle`: the scenarios.
+//! - `echo_uring`, `uring` (Linux): the echo scenario's io_uring engine, its
+//!   event loop and the ring with its buffers (the crate's only `unsafe`).
 //! - `sink`: a minimal echo server used to show the tool is not the bottleneck.
 //!
 //! A crate of its own rather than a `switchboard bench` subcommand: the
@@ -31,11 +33,15 @@ mod broadcast;
 mod client;
 mod connect;
 mod echo;
+#[cfg(target_os = "linux")]
+mod echo_uring;
 mod idle;
 mod open;
 mod report;
 mod sink;
 mod target;
+#[cfg(target_os = "linux")]
+mod uring;
 
 use std::{sync::atomic::Ordering, time::Duration};
 
@@ -50,7 +56,7 @@ const MAX_WINDOW_S: f64 = 3600.0;
 /// Most connections one run may open.
 const MAX_CONNS: usize = 1_000_000;
 /// How long tasks get to flush after the window before they are aborted.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Parser, Debug)]
 #[command(
@@ -86,6 +92,11 @@ enum Scenario {
         /// fixed workload, e.g. for instruction counts under callgrind.
         #[arg(long, default_value_t = 0)]
         count: u64,
+        /// How connections are driven: `uring` (one io_uring loop, a system
+        /// call per batch; Linux), `tokio` (a task per connection), or
+        /// `auto` (uring when the kernel allows it).
+        #[arg(long, value_enum, default_value_t = echo::Engine::Auto)]
+        engine: echo::Engine,
     },
     /// Handshakes per second from `concurrency` parallel clients.
     Connect {
@@ -328,6 +339,7 @@ fn run_client(scenario: Scenario) -> Result<(), String> {
                 depth,
                 binary,
                 count,
+                engine,
             } => {
                 echo::run(
                     common,
@@ -337,6 +349,7 @@ fn run_client(scenario: Scenario) -> Result<(), String> {
                         depth: *depth,
                         binary: *binary,
                         count: *count,
+                        engine: *engine,
                     },
                 )
                 .await

@@ -227,6 +227,9 @@ pub(crate) struct Report {
     pub(crate) url: String,
     /// The scenario's parameters as given.
     pub(crate) params: serde_json::Value,
+    /// What drove the connections (echo: `uring` or `tokio`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) engine: Option<&'static str>,
     /// Connections open during the measurement.
     pub(crate) connections: usize,
     /// Length of the measured window in seconds.
@@ -264,6 +267,9 @@ impl Report {
         let label = self.label.as_deref().unwrap_or("");
         let _ = writeln!(s, "{} {} {}", self.scenario, label, self.url);
         let _ = writeln!(s, "  params       {}", self.params);
+        if let Some(engine) = self.engine {
+            let _ = writeln!(s, "  engine       {engine}");
+        }
         let _ = writeln!(s, "  connections  {}", self.connections);
         let _ = writeln!(s, "  window       {:.2} s", self.duration_s);
         let _ = writeln!(

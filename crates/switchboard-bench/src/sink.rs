@@ -148,11 +148,14 @@ mod tests {
             depth: 2,
             binary: false,
             count: 0,
+            // The io_uring engine has its own tests (echo_uring.rs).
+            engine: echo::Engine::Tokio,
         };
         let r = echo::run(&common(url.clone()), &opts).await.unwrap();
         assert_eq!((r.connections, r.errors), (8, 0), "{}", r.table());
         assert!(r.ops > 0 && r.latency.is_some(), "{}", r.table());
         assert!(r.server_cpu_us_per_op().is_some());
+        assert_eq!(r.engine, Some("tokio"));
 
         // A fixed workload ends the window early, with exactly that count.
         let fixed = echo::EchoOpts {
