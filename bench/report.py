@@ -91,7 +91,11 @@ def main():
 
     lines = [BEGIN, "", *machine(), f"- Command: `{command}`",
              f"- Runs per cell: {max((len(v) for c in cells.values() for v in c.values()), default=0)}"
-             " (medians shown); server pinned to core 0, load tool to core 1", ""]
+             " (medians shown); server pinned to core 0, load tool to core 1"]
+    engines = sorted({r["engine"] for r in rows if r["scenario"] == "echo" and r.get("engine")})
+    if engines:
+        lines.append(f"- Load tool's echo engine: {', '.join(engines)}")
+    lines.append("")
     checks = []
 
     def cpu(rs):
@@ -133,6 +137,21 @@ def main():
                 "–" if u[s] is None else f"{u[s]:.2f}" for s in here)
             row += " | " + " | ".join(ratio(u[s], u.get("switchboard")) for s in hp) + " |"
             lines.append(row)
+        lines.append("")
+        lines.append("Busy cores during the window, server / load tool (median of runs; 1.00 = "
+                     "a whole core). A server at its core's limit is measured at its capacity; "
+                     "one well below it while the tool's core is full was held back by the tool:")
+        lines.append("")
+        lines.append(f"| {label_a} | {label_b} | " + " | ".join(NAMES[s] for s in here) + " |")
+        lines.append("|" + "---|" * (2 + len(here)))
+        for k, t, u in found:
+            c = cells[k]
+
+            def busy(rs):
+                sv = med(rs, lambda r: r.get("server_cpu"))
+                cl = med(rs, lambda r: r.get("client_cpu"))
+                return "–" if sv is None or cl is None else f"{sv:.2f} / {cl:.2f}"
+            lines.append(f"| {k[1]} | {k[2]} | " + " | ".join(busy(c.get(s, [])) for s in here) + " |")
         lines.append("")
         lines.append("p99 latency (µs, median of runs):")
         lines.append("")
