@@ -114,58 +114,52 @@ pub(crate) async fn run(common: &Common, opts: &EchoOpts) -> Result<Report, Stri
     let depth = opts.depth.max(1);
     let mut extra = serde_json::Map::new();
     let mut conns = opened.conns;
-    #[cfg(target_os = "linux")]
-    if engine == Engine::Uring {
-        match crate::echo_uring::drive(common, opts, conns, &frame, &shared).await {
-            Ok((window, more)) => {
-                extra.extend(more);
-                return Ok(report(
-                    common,
-                    opts,
-                    &sources,
-                    connections,
-                    window,
-                    &shared,
-                    engine,
-                    extra,
-                ));
+    let window = 'run: {
+        #[cfg(target_os = "linux")]
+        if engine == Engine::Uring {
+            match crate::echo_uring::drive(common, opts, conns, &frame, &shared).await {
+                Ok((window, more)) => {
+                    extra.extend(more);
+                    break 'run window;
+                }
+                Err(refused) if opts.engine == Engine::Auto => {
+                    eprintln!(
+                        "switchboard-bench: {}; falling back to the tokio engine",
+                        refused.reason
+                    );
+                    engine = Engine::Tokio;
+                    conns = refused.conns;
+                }
+                Err(refused) => return Err(refused.reason),
             }
-            Err(refused) if opts.engine == Engine::Auto => {
-                eprintln!(
-                    "switchboard-bench: {}; falling back to the tokio engine",
-                    refused.reason
-                );
-                engine = Engine::Tokio;
-                conns = refused.conns;
-            }
-            Err(refused) => return Err(refused.reason),
         }
-    }
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut tasks = JoinSet::new();
-    for conn in conns {
-        tasks.spawn(echo_conn(
-            conn,
-            Arc::clone(&frame),
-            opts.size,
-            depth,
-            opts.count,
-            Arc::clone(&shared),
-            stop_rx.clone(),
-        ));
-    }
-    let window = crate::measure(
-        common,
-        &shared,
-        if opts.count > 0 {
-            connections as u64
-        } else {
-            u64::MAX
-        },
-    )
-    .await;
-    let _ = stop_tx.send(true);
-    crate::drain(&mut tasks).await;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        for conn in conns {
+            tasks.spawn(echo_conn(
+                conn,
+                Arc::clone(&frame),
+                opts.size,
+                depth,
+                opts.count,
+                Arc::clone(&shared),
+                stop_rx.clone(),
+            ));
+        }
+        let window = crate::measure(
+            common,
+            &shared,
+            if opts.count > 0 {
+                connections as u64
+            } else {
+                u64::MAX
+            },
+        )
+        .await;
+        let _ = stop_tx.send(true);
+        crate::drain(&mut tasks).await;
+        window
+    };
     Ok(report(
         common,
         opts,

@@ -228,27 +228,16 @@ impl Watch<'_> {
 /// looked at before each poll of `fut`, so it wins a tie; the waker is
 /// registered only when `fut` has to wait (a future that is ready at once,
 /// the common case for a receive with data in the buffer, costs one load).
-pub(crate) async fn unless<F: Future>(fut: F, signal: Watch<'_>) -> Option<F::Output> {
-    let mut fut = std::pin::pin!(fut);
-    std::future::poll_fn(|cx| {
-        if signal.is_set() {
-            return Poll::Ready(None);
-        }
-        match fut.as_mut().poll(cx) {
-            Poll::Ready(out) => Poll::Ready(Some(out)),
-            Poll::Pending => signal.poll(cx).map(|()| None),
-        }
-    })
-    .await
-}
-
-/// As [`unless`], for the reader's and the handler's watches (see
-/// [`Watch::poll_cached`]): `registered` outlives the call, so a task that
-/// waits again and again registers its waker once.
-pub(crate) async fn unless_cached<F: Future>(
+///
+/// `registered`, for the reader's and the handler's watches only (see
+/// [`Watch::poll_cached`]), outlives the call and remembers the waker
+/// registered last, so a task that waits again and again registers it once;
+/// `None` registers on every wait (the writer, whose waker other wake-ups
+/// use up).
+pub(crate) async fn unless<F: Future>(
     fut: F,
     signal: Watch<'_>,
-    registered: &mut Option<Waker>,
+    mut registered: Option<&mut Option<Waker>>,
 ) -> Option<F::Output> {
     let mut fut = std::pin::pin!(fut);
     std::future::poll_fn(|cx| {
@@ -257,7 +246,11 @@ pub(crate) async fn unless_cached<F: Future>(
         }
         match fut.as_mut().poll(cx) {
             Poll::Ready(out) => Poll::Ready(Some(out)),
-            Poll::Pending => signal.poll_cached(cx, registered).map(|()| None),
+            Poll::Pending => match registered.as_deref_mut() {
+                Some(registered) => signal.poll_cached(cx, registered),
+                None => signal.poll(cx),
+            }
+            .map(|()| None),
         }
     })
     .await

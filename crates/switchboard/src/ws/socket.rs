@@ -32,7 +32,7 @@ use crate::{
     ratelimit::{RateLimit, RateLimitPolicy, TokenBucket, WindowCounter},
     ws::{
         message::Message,
-        signal::unless_cached,
+        signal::unless,
         writer::{Shared, Slot},
     },
 };
@@ -285,7 +285,7 @@ pub struct Receiver {
     /// Set once the connection is over: what later calls report.
     ended: Option<CloseFrame>,
     policy: RecvPolicy,
-    /// The waker registered for the killed signal (`unless_cached`).
+    /// The waker registered for the killed signal (see `signal::unless`).
     registered: Option<std::task::Waker>,
 }
 
@@ -343,8 +343,12 @@ impl Receiver {
             // the read must wait (see signal.rs for why not a cancellation
             // token).
             let signal = &self.shared.signal;
-            let event =
-                unless_cached(state.next_event(), signal.killed(), &mut self.registered).await;
+            let event = unless(
+                state.next_event(),
+                signal.killed(),
+                Some(&mut self.registered),
+            )
+            .await;
             let Some(event) = event else {
                 let frame = self
                     .shared

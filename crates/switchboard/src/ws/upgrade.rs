@@ -39,7 +39,7 @@ use crate::{
     ws::{
         compress::Negotiated,
         config::WsConfig,
-        signal::{unless_cached, ConnSignal},
+        signal::{unless, ConnSignal},
         socket::{linger, ConnInfo, ReadState, Receiver, RecvPolicy, Sender, Socket},
         writer::{spawn_writer, Slot},
     },
@@ -464,7 +464,7 @@ pub(crate) async fn serve(
         // hence a lock-free signal (see signal.rs).
         let run = std::panic::AssertUnwindSafe(handler(ws)).catch_unwind();
         let mut registered = None;
-        let Some(outcome) = unless_cached(run, signal.forced(), &mut registered).await else {
+        let Some(outcome) = unless(run, signal.forced(), Some(&mut registered)).await else {
             return;
         };
         let (status, close) = match outcome {

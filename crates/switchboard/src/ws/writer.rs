@@ -700,7 +700,7 @@ async fn writer_loop(shared: &Shared, opts: &WriterOptions) -> Option<Io> {
             }
         }
         let write = write_all(&mut *io, raw.as_deref(), &batch, opts.write_timeout);
-        let written = unless(write, shared.signal.killed_writer()).await?;
+        let written = unless(write, shared.signal.killed_writer(), None).await?;
         if let (Some(m), Ok(())) = (&shared.metrics, &written) {
             m.sent_batch(&batch);
         }
