@@ -108,6 +108,28 @@ pub trait WsHandler<M>: Clone + Send + Sync + 'static {
     fn prepare(self, cx: &mut RequestContext) -> Result<PreparedWs, Rejection>;
 }
 
+pin_project_lite::pin_project! {
+    /// A WebSocket handler's future, its output made a `Result`.
+    struct IntoResult<Fut> {
+        #[pin]
+        fut: Fut,
+    }
+}
+
+impl<Fut: Future> Future for IntoResult<Fut>
+where
+    Fut::Output: WsResult,
+{
+    type Output = Result<(), BoxError>;
+
+    fn poll(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        self.project().fut.poll(cx).map(WsResult::into_result)
+    }
+}
+
 macro_rules! impl_ws_handler {
     ($($ty:ident),*) => {
         #[allow(non_snake_case)]
@@ -123,7 +145,13 @@ macro_rules! impl_ws_handler {
                 $(
                     let $ty = $ty::from_request_parts(cx)?;
                 )*
-                Ok(Box::new(move |ws| Box::pin(async move { self(ws, $($ty,)*).await.into_result() })))
+                // `map`, not an `async` block awaiting the handler's future:
+                // the block would hold the socket and the extractors twice
+                // (as its captures and inside the handler's future) for the
+                // connection's life.
+                Ok(Box::new(move |ws| {
+                    Box::pin(IntoResult { fut: self(ws, $($ty,)*) })
+                }))
             }
         }
     };

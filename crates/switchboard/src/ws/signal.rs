@@ -234,26 +234,50 @@ impl Watch<'_> {
 /// registered last, so a task that waits again and again registers it once;
 /// `None` registers on every wait (the writer, whose waker other wake-ups
 /// use up).
-pub(crate) async fn unless<F: Future>(
+///
+/// A struct future rather than an `async fn`: an `async fn` keeps its
+/// argument and the pinned copy it polls side by side, twice the inner
+/// future's size in every future that awaits it (the writer task and every
+/// handler parked in `recv`, i.e. memory per idle connection).
+pub(crate) fn unless<'w, 'r, F: Future>(
     fut: F,
-    signal: Watch<'_>,
-    mut registered: Option<&mut Option<Waker>>,
-) -> Option<F::Output> {
-    let mut fut = std::pin::pin!(fut);
-    std::future::poll_fn(|cx| {
-        if signal.is_set() {
+    signal: Watch<'w>,
+    registered: Option<&'r mut Option<Waker>>,
+) -> Unless<'w, 'r, F> {
+    Unless {
+        fut,
+        signal,
+        registered,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future [`unless`] returns.
+    pub(crate) struct Unless<'w, 'r, F> {
+        #[pin]
+        fut: F,
+        signal: Watch<'w>,
+        registered: Option<&'r mut Option<Waker>>,
+    }
+}
+
+impl<F: Future> Future for Unless<'_, '_, F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if this.signal.is_set() {
             return Poll::Ready(None);
         }
-        match fut.as_mut().poll(cx) {
+        match this.fut.poll(cx) {
             Poll::Ready(out) => Poll::Ready(Some(out)),
-            Poll::Pending => match registered.as_deref_mut() {
-                Some(registered) => signal.poll_cached(cx, registered),
-                None => signal.poll(cx),
+            Poll::Pending => match this.registered.as_deref_mut() {
+                Some(registered) => this.signal.poll_cached(cx, registered),
+                None => this.signal.poll(cx),
             }
             .map(|()| None),
         }
-    })
-    .await
+    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 //! carrying the close code and reason.
 
 use std::{
+    future::Future,
     net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
@@ -33,7 +34,7 @@ use crate::{
     ws::{
         message::Message,
         signal::unless,
-        writer::{Shared, Slot},
+        writer::{Outgoing, SendFuture, Shared, Slot},
     },
 };
 
@@ -189,35 +190,45 @@ impl Sender {
     }
 
     /// Sends a text message.
-    pub async fn send_text(&self, text: impl Into<Utf8Bytes>) -> Result<(), Error> {
-        let frame = self.frame(OpCode::Text, text.into().into_bytes());
-        self.shared.send(frame).await
+    pub fn send_text(
+        &self,
+        text: impl Into<Utf8Bytes>,
+    ) -> impl Future<Output = Result<(), Error>> + Send + '_ {
+        self.shared
+            .send(self.frame(OpCode::Text, text.into().into_bytes()))
     }
 
     /// Sends a binary message.
-    pub async fn send_bytes(&self, bytes: impl Into<Bytes>) -> Result<(), Error> {
-        let frame = self.frame(OpCode::Binary, bytes.into());
-        self.shared.send(frame).await
+    pub fn send_bytes(
+        &self,
+        bytes: impl Into<Bytes>,
+    ) -> impl Future<Output = Result<(), Error>> + Send + '_ {
+        self.shared.send(self.frame(OpCode::Binary, bytes.into()))
     }
 
     /// Serializes `value` as JSON and sends it as a text message.
-    pub async fn send_json<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), Error> {
-        let json = serde_json::to_vec(value)?;
-        self.shared
-            .send(self.frame(OpCode::Text, json.into()))
-            .await
+    pub fn send_json<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+    ) -> impl Future<Output = Result<(), Error>> + Send + '_ {
+        let item = match serde_json::to_vec(value) {
+            Ok(json) => Outgoing::Frame(self.frame(OpCode::Text, json.into())),
+            Err(e) => Outgoing::Failed(e.into()),
+        };
+        SendFuture::new(&self.shared, item)
     }
 
     /// Sends a message (`Message::Close` sends a close frame).
-    pub async fn send(&self, message: impl Into<Message>) -> Result<(), Error> {
-        match message.into() {
-            Message::Text(t) => self.send_text(t).await,
-            Message::Binary(b) => self.send_bytes(b).await,
-            Message::Close(c) => {
-                self.shared.send_close(c.as_ref());
-                Ok(())
-            }
-        }
+    pub fn send(
+        &self,
+        message: impl Into<Message>,
+    ) -> impl Future<Output = Result<(), Error>> + Send + '_ {
+        let item = match message.into() {
+            Message::Text(t) => Outgoing::Frame(self.frame(OpCode::Text, t.into_bytes())),
+            Message::Binary(b) => Outgoing::Frame(self.frame(OpCode::Binary, b)),
+            Message::Close(c) => Outgoing::Close(c),
+        };
+        SendFuture::new(&self.shared, item)
     }
 
     /// Queues an already encoded frame without waiting: the building block
@@ -228,8 +239,8 @@ impl Sender {
     }
 
     /// Queues an already encoded frame, waiting for room in the queue.
-    pub async fn send_frame(&self, frame: Frame) -> Result<(), Error> {
-        self.shared.send(frame).await
+    pub fn send_frame(&self, frame: Frame) -> impl Future<Output = Result<(), Error>> + Send + '_ {
+        self.shared.send(frame)
     }
 
     /// Sends a ping (the pong is consumed by the receiver).
@@ -720,23 +731,35 @@ impl Socket {
     }
 
     /// Sends a text message.
-    pub async fn send_text(&self, text: impl Into<Utf8Bytes>) -> Result<(), Error> {
-        self.sender.send_text(text).await
+    pub fn send_text(
+        &self,
+        text: impl Into<Utf8Bytes>,
+    ) -> impl Future<Output = Result<(), Error>> + Send + '_ {
+        self.sender.send_text(text)
     }
 
     /// Sends a binary message.
-    pub async fn send_bytes(&self, bytes: impl Into<Bytes>) -> Result<(), Error> {
-        self.sender.send_bytes(bytes).await
+    pub fn send_bytes(
+        &self,
+        bytes: impl Into<Bytes>,
+    ) -> impl Future<Output = Result<(), Error>> + Send + '_ {
+        self.sender.send_bytes(bytes)
     }
 
     /// Sends `value` as a JSON text message.
-    pub async fn send_json<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), Error> {
-        self.sender.send_json(value).await
+    pub fn send_json<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+    ) -> impl Future<Output = Result<(), Error>> + Send + '_ {
+        self.sender.send_json(value)
     }
 
     /// Sends a message.
-    pub async fn send(&self, message: impl Into<Message>) -> Result<(), Error> {
-        self.sender.send(message).await
+    pub fn send(
+        &self,
+        message: impl Into<Message>,
+    ) -> impl Future<Output = Result<(), Error>> + Send + '_ {
+        self.sender.send(message)
     }
 
     /// Sends a ping.

@@ -308,16 +308,25 @@ impl Shared {
     }
 
     /// Sends a data frame, waiting while the queue is over its byte limit.
-    pub(crate) async fn send(&self, frame: Frame) -> Result<(), Error> {
-        // Fast path, the usual case: room in the queue. Registering a
-        // `Notify` waiter takes its lock, so only do that when we may wait.
+    pub(crate) fn send(&self, frame: Frame) -> SendFuture<'_> {
+        SendFuture::new(self, Outgoing::Frame(frame))
+    }
+
+    /// The fast path of a send, the usual case: room in the queue (or the
+    /// connection closed). `Err(frame)`: it must wait for room.
+    fn send_now(&self, frame: Frame) -> Result<Result<(), Error>, Frame> {
         if !self.is_open() {
-            return Err(self.closed_error());
+            return Ok(Err(self.closed_error()));
         }
         let queued = self.queued.load(Ordering::Acquire);
         if queued == 0 || queued + frame.wire_len() <= self.max_queue_bytes {
-            return self.push(frame);
+            return Ok(self.push(frame));
         }
+        Err(frame)
+    }
+
+    /// The slow path: waits until the queue has room for `frame`.
+    async fn send_when_room(&self, frame: Frame) -> Result<(), Error> {
         loop {
             // Created before we count ourselves: a `notify_waiters` after
             // this point completes it even before it is polled.
@@ -475,6 +484,72 @@ impl Shared {
             Some(at) => at.saturating_duration_since(self.epoch).as_millis() as u64,
         };
         self.expires_at.store(ms, Ordering::Release);
+    }
+}
+
+/// What a [`SendFuture`] sends.
+pub(crate) enum Outgoing {
+    /// A data frame, subject to the queue's byte limit.
+    Frame(Frame),
+    /// Our close frame (once per connection; never waits).
+    Close(Option<CloseFrame>),
+    /// Nothing: building the message failed (e.g. JSON serialization).
+    Failed(Error),
+}
+
+/// A send waiting for room in the queue (boxed: rare).
+type WaitForRoom<'a> = Pin<Box<dyn Future<Output = Result<(), Error>> + Send + 'a>>;
+
+/// The future of a send (`Sender::send` and friends).
+///
+/// A struct rather than layers of `async fn`: a handler keeps room for the
+/// largest future it awaits for the connection's whole life, and nested
+/// `async fn`s (message, then frame, then the wait for room with its
+/// `Notify` future) each stored their arguments again, 408 bytes in all.
+/// Here the wait for room, which only a full queue needs, is boxed.
+pub(crate) struct SendFuture<'a> {
+    shared: &'a Shared,
+    item: Option<Outgoing>,
+    waiting: Option<WaitForRoom<'a>>,
+}
+
+impl<'a> SendFuture<'a> {
+    pub(crate) fn new(shared: &'a Shared, item: Outgoing) -> Self {
+        SendFuture {
+            shared,
+            item: Some(item),
+            waiting: None,
+        }
+    }
+}
+
+impl Future for SendFuture<'_> {
+    type Output = Result<(), Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        if let Some(waiting) = &mut this.waiting {
+            return waiting.as_mut().poll(cx);
+        }
+        let frame = match this.item.take() {
+            Some(Outgoing::Frame(frame)) => frame,
+            Some(Outgoing::Close(close)) => {
+                this.shared.send_close(close.as_ref());
+                return Poll::Ready(Ok(()));
+            }
+            Some(Outgoing::Failed(e)) => return Poll::Ready(Err(e)),
+            // Polled again after it finished: it already sent.
+            None => return Poll::Ready(Ok(())),
+        };
+        match this.shared.send_now(frame) {
+            Ok(done) => Poll::Ready(done),
+            Err(frame) => {
+                let mut waiting = Box::pin(this.shared.send_when_room(frame));
+                let poll = waiting.as_mut().poll(cx);
+                this.waiting = Some(waiting);
+                poll
+            }
+        }
     }
 }
 
@@ -772,17 +847,22 @@ fn tail(frame: &Frame, n: usize) -> Bytes {
 /// reader is never cut, a stopped one is. The stall timer is armed only when
 /// the socket pushes back, so a write that goes through at once (nearly
 /// all) costs no timer.
-async fn write_all(
-    io: &mut (dyn AsyncWrite + Send + Unpin),
-    raw: Option<&[u8]>,
-    batch: &[Frame],
+///
+/// A plain function returning the `poll_fn` future, not an `async fn`: the
+/// writer task keeps room for this future for the connection's life, and an
+/// `async fn` would store its arguments next to the closure that captures
+/// them.
+fn write_all<'a>(
+    io: &'a mut (dyn AsyncWrite + Send + Unpin),
+    raw: Option<&'a [u8]>,
+    batch: &'a [Frame],
     stall: Duration,
-) -> std::io::Result<()> {
+) -> impl Future<Output = std::io::Result<()>> + 'a {
     let total = raw.map_or(0, <[u8]>::len) + batch.iter().map(Frame::wire_len).sum::<usize>();
     let mut done = 0;
     // (bytes written when armed, the timer)
     let mut timer: Option<(usize, Pin<Box<tokio::time::Sleep>>)> = None;
-    std::future::poll_fn(|cx| loop {
+    std::future::poll_fn(move |cx| loop {
         let progress = if done < total {
             poll_write_from(&mut *io, cx, raw, batch, done)
         } else {
@@ -815,7 +895,6 @@ async fn write_all(
         }
         return Poll::Pending;
     })
-    .await
 }
 
 /// One `writev` of what is left after the first `skip` bytes of `raw` and

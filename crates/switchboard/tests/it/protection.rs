@@ -218,3 +218,44 @@ async fn a_peer_that_stops_reading_is_cut_by_the_write_timeout() {
     drop(s);
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_sender_waits_for_room_and_every_message_arrives_in_order() {
+    const N: usize = 400;
+    // 8 KiB of queue against 400 messages of 1 KiB and a client that starts
+    // reading late: most sends wait for room (the boxed slow path).
+    let cfg = WsConfig::default().max_queue_bytes(8 * 1024);
+    let app = App::new().websocket_with("/burst", cfg, |ws: WebSocket| async move {
+        let ws = ws.accept().await?;
+        for i in 0..N {
+            let mut text = format!("{i:05}");
+            text.push_str(&"x".repeat(1019));
+            if i % 2 == 0 {
+                ws.send_text(text).await?;
+            } else {
+                ws.send(Message::text(text)).await?;
+            }
+        }
+        ws.send_json(&serde_json::json!({ "done": N })).await?;
+        // A value serde cannot encode fails the send, not the connection.
+        let bad = std::collections::HashMap::from([((1, 2), 3)]);
+        assert!(ws.send_json(&bad).await.is_err());
+        ws.send(Message::Close(None)).await?;
+        Ok::<_, Error>(())
+    });
+    let c = TestClient::new(app).pipe_capacity(4 * 1024);
+    let mut ws = c.websocket_connect("/burst").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for i in 0..N {
+        let text = tokio::time::timeout(Duration::from_secs(5), ws.recv_text())
+            .await
+            .expect("in time")
+            .unwrap()
+            .unwrap();
+        assert_eq!(text.len(), 1024);
+        assert_eq!(text[..5].parse::<usize>().unwrap(), i, "in order");
+    }
+    let done: serde_json::Value = ws.recv_json().await.unwrap().unwrap();
+    assert_eq!(done["done"], N);
+    assert!(matches!(ws.recv().await, Ok(Message::Close(None))));
+}
