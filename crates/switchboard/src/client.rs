@@ -232,7 +232,7 @@ impl WsClient {
         let reader = ReadState::new(Box::new(read), decoder, Bytes::new());
         let info = ConnInfo {
             uri: path_and_query.parse().unwrap_or_default(),
-            headers,
+            headers: crate::ws::headers::StoredHeaders::from_map(headers),
             params: Vec::new(),
             query: Vec::new(),
             remote,

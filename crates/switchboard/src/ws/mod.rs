@@ -4,6 +4,7 @@
 pub(crate) mod compress;
 pub(crate) mod config;
 pub(crate) mod events;
+pub(crate) mod headers;
 pub(crate) mod message;
 pub(crate) mod signal;
 pub(crate) mod socket;

@@ -21,7 +21,7 @@ use std::{
 
 use bytes::{Bytes, BytesMut};
 use futures_core::Stream;
-use http::{HeaderMap, Uri};
+use http::Uri;
 use serde::{de::DeserializeOwned, Serialize};
 use switchboard_proto::{
     CloseCode, CloseFrame, Decoder, DeflateParams, Event, Frame, OpCode, Role, Utf8Bytes,
@@ -32,6 +32,7 @@ use crate::{
     error::{Error, Kind},
     ratelimit::{RateLimit, RateLimitPolicy, TokenBucket, WindowCounter},
     ws::{
+        headers::StoredHeaders,
         message::Message,
         signal::unless,
         writer::{Outgoing, SendFuture, Shared, Slot},
@@ -665,7 +666,7 @@ macro_rules! request_accessors {
 
         /// The request headers of the handshake.
         pub fn headers(&self) -> &http::HeaderMap {
-            &self.info.headers
+            self.info.headers.map()
         }
 
         /// The request URI of the handshake.
@@ -685,7 +686,7 @@ pub(crate) use request_accessors;
 #[derive(Debug, Clone)]
 pub(crate) struct ConnInfo {
     pub(crate) uri: Uri,
-    pub(crate) headers: HeaderMap,
+    pub(crate) headers: StoredHeaders,
     pub(crate) params: Vec<(String, String)>,
     pub(crate) query: Vec<(String, String)>,
     pub(crate) remote: SocketAddr,

@@ -15,9 +15,9 @@
 
 use std::{future::Future, sync::Arc};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::FutureExt;
-use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
+use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use switchboard_proto::{
@@ -39,6 +39,7 @@ use crate::{
     ws::{
         compress::Negotiated,
         config::WsConfig,
+        headers::StoredHeaders,
         signal::{unless, ConnSignal},
         socket::{linger, ConnInfo, ReadState, Receiver, RecvPolicy, Sender, Socket},
         writer::{spawn_writer, Slot},
@@ -264,42 +265,6 @@ fn choose_protocol(supported: &[String], offered: &[String]) -> Option<String> {
     offered.iter().find(|p| supported.contains(p)).cloned()
 }
 
-/// Moves the request's header values and URI out of hyper's connection
-/// read buffer (8 KiB): hyper parses them as slices of it, so keeping the
-/// originals for the socket's lifetime would keep that whole buffer alive
-/// per connection (measured: 8 KiB of RSS per idle socket). The values and
-/// the URI are copied into one allocation of their own, sized to fit, and
-/// the values are replaced in place (the map itself is reused).
-fn detach(uri: &Uri, headers: &mut HeaderMap) -> Uri {
-    // An origin-form URI (`/path?query`, what HTTP/1.1 clients send) is
-    // re-parsed from the copy; any other form is rebuilt from its text.
-    let origin_form = uri.scheme().is_none() && uri.authority().is_none();
-    let path = match uri.path_and_query() {
-        Some(pq) if origin_form => pq.as_str(),
-        _ => "",
-    };
-    let values: usize = headers.values().map(HeaderValue::len).sum();
-    let mut buf = BytesMut::with_capacity(values + path.len());
-    for value in headers.values() {
-        buf.extend_from_slice(value.as_bytes());
-    }
-    buf.extend_from_slice(path.as_bytes());
-    let buf = buf.freeze();
-    let mut at = 0;
-    for value in headers.values_mut() {
-        let end = at + value.len();
-        if let Ok(mut copy) = HeaderValue::from_maybe_shared(buf.slice(at..end)) {
-            copy.set_sensitive(value.is_sensitive());
-            *value = copy;
-        }
-        at = end;
-    }
-    if path.is_empty() {
-        return Uri::try_from(uri.to_string()).unwrap_or_else(|_| uri.clone());
-    }
-    Uri::from_maybe_shared(buf.slice(at..)).unwrap_or_else(|_| uri.clone())
-}
-
 /// Splits the upgraded connection into owned halves. A plain TCP stream is
 /// unwrapped so reads and writes need no lock between them (and reported,
 /// last: its senders may write directly, see `writer.rs`).
@@ -432,8 +397,7 @@ pub(crate) async fn serve(
     let respond: ResponseSlot = Arc::new(std::sync::Mutex::new(Some(tx)));
     let accepted = Arc::new(std::sync::OnceLock::new());
     let signal = app.signals.register();
-    let mut headers = std::mem::take(&mut cx.parts.headers);
-    let uri = detach(&cx.parts.uri, &mut headers);
+    let (uri, headers) = StoredHeaders::detach(&cx.parts.uri, &cx.parts.headers);
     // For the log lines below; a clone shares the URI's bytes.
     let logged_uri = uri.clone();
     let ws = WebSocket {
@@ -450,7 +414,12 @@ pub(crate) async fn serve(
         respond: Arc::clone(&respond),
         on_upgrade,
         app: Arc::clone(&app),
-        extensions: std::mem::take(&mut cx.parts.extensions),
+        // An emptied map still holds its table (hyper's `OnUpgrade` was
+        // in it): only a map with something in it is kept.
+        extensions: match std::mem::take(&mut cx.parts.extensions) {
+            e if e.is_empty() => http::Extensions::new(),
+            e => e,
+        },
         accepted: Arc::clone(&accepted),
         signal: Arc::clone(&signal),
         over_h2,
