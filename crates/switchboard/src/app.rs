@@ -95,6 +95,9 @@ pub(crate) struct AppShared {
     /// The same two signals for WebSocket connections, which poll them per
     /// message and so need them lock-free (see `ws/signal.rs`).
     pub(crate) signals: Arc<crate::ws::signal::Signals>,
+    /// One timer for every WebSocket connection's heartbeat, idle timeout
+    /// and credential expiry (see `ws/heartbeat.rs`).
+    pub(crate) heartbeat: Arc<crate::ws::heartbeat::Heartbeat>,
     /// Every connection and handler task, awaited on shutdown.
     pub(crate) tracker: TaskTracker,
     startup: Vec<Hook>,
@@ -563,6 +566,7 @@ impl App {
             going_away: CancellationToken::new(),
             force_close: CancellationToken::new(),
             signals: Arc::default(),
+            heartbeat: Arc::default(),
             tracker: TaskTracker::new(),
             startup: self.startup,
             shutdown: self.shutdown,

@@ -277,13 +277,16 @@ impl WsConfig {
             max_queue_bytes: self.max_queue_bytes,
             close_timeout: self.close_timeout,
             write_timeout: self.write_timeout,
-            ping_interval: self.ping_interval,
-            pong_timeout: self.pong_timeout,
-            idle_timeout: self.idle_timeout,
+            timers: crate::ws::heartbeat::Timers {
+                ping_interval: self.ping_interval,
+                pong_timeout: self.pong_timeout,
+                idle_timeout: self.idle_timeout,
+            },
             signal,
             deflate: None,
             metrics: None,
             plain_tcp: false,
+            heartbeat: None,
         }
     }
 }

@@ -1,10 +1,11 @@
-//! WebSocket routes: the upgrade, the socket API, the writer, outgoing
-//! compression, event style.
+//! WebSocket routes: the upgrade, the socket API, the writer, the
+//! heartbeat, outgoing compression, event style.
 
 pub(crate) mod compress;
 pub(crate) mod config;
 pub(crate) mod events;
 pub(crate) mod headers;
+pub(crate) mod heartbeat;
 pub(crate) mod message;
 pub(crate) mod signal;
 pub(crate) mod socket;

@@ -26,6 +26,8 @@ use std::{
 use futures_util::task::AtomicWaker;
 use slab::Slab;
 
+use crate::ws::heartbeat::Beat;
+
 /// The app's side: its shutdown flags and its live connections.
 #[derive(Debug, Default)]
 pub(crate) struct Signals {
@@ -99,10 +101,15 @@ pub(crate) struct ConnSignal {
     forced: AtomicBool,
     /// The reading side (the handler's `recv`).
     reader: AtomicWaker,
-    /// The writer task.
+    /// The writer task (or, before it exists, what spawns it: see
+    /// `writer.rs`).
     pub(crate) writer: AtomicWaker,
     /// The task running the handler (waits for `forced`).
     handler: AtomicWaker,
+    /// What the peer was heard to send, for the heartbeat (here rather
+    /// than in the writer's state so the app's ticker can read it without
+    /// holding the connection alive, see heartbeat.rs).
+    pub(crate) beat: Beat,
 }
 
 impl Drop for ConnSignal {

@@ -187,6 +187,7 @@ impl WebSocket {
         writer_options.deflate = deflate;
         writer_options.metrics = self.app.metrics.clone();
         writer_options.plain_tcp = plain_tcp;
+        writer_options.heartbeat = Some(Arc::clone(&self.app.heartbeat));
         let shared = spawn_writer(write, writer_options);
         let _ = self.accepted.set(Arc::clone(&shared));
         let mut decoder = Decoder::new(Role::Server, self.config.limits);

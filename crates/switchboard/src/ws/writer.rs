@@ -31,6 +31,19 @@
 //! (see `compress.rs`), a TLS or HTTP/2 stream may buffer a write until it
 //! is flushed, and a client masks what `Sender` queued unmasked.
 //!
+//! The writer task itself is spawned only when something is queued. A
+//! server connection that writes directly (plain TCP, no deflate) starts
+//! *dormant*: what would wake the writer task wakes a small waker instead
+//! (`Dormant`), which spawns the task when the first command is queued,
+//! cuts the connection when it is killed, sends close 1001 when the server
+//! goes away, and half-closes the socket itself when the only command is
+//! the final `Shutdown`. An echo connection that never fills its socket
+//! buffer so never has a writer task: no spawn, no task cell and no future
+//! per connection, about 4,000 instructions per handshake and 900 bytes
+//! per idle connection (docs/BENCHMARKS.md, sixth round). Its heartbeat is
+//! the app's shared timer (`heartbeat.rs`); a client's connection, which
+//! has no app, keeps an eager writer task with the timer in it.
+//!
 //! Memory: an idle connection holds no queue storage (an empty `VecDeque`
 //! allocates nothing), and the writer task keeps its rarely used state
 //! (a stall timer, the batch) out of its future until it needs it
@@ -45,10 +58,10 @@ use std::{
     io::IoSlice,
     pin::Pin,
     sync::{
-        atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering},
-        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex, MutexGuard, Weak,
     },
-    task::{Context, Poll, Waker},
+    task::{Context, Poll, Wake, Waker},
     time::{Duration, Instant},
 };
 
@@ -56,6 +69,7 @@ use bytes::Bytes;
 use switchboard_proto::{CloseCode, CloseFrame, Frame, OpCode, Role};
 use tokio::{
     io::{AsyncWrite, AsyncWriteExt},
+    runtime::Handle,
     sync::Notify,
 };
 
@@ -64,6 +78,7 @@ use crate::{
     metrics::Recorder,
     ws::{
         compress::{Compressor, Negotiated},
+        heartbeat::{self, Due, Heartbeat, Liveness, Timers},
         signal::{unless, ConnSignal},
         socket::ReadState,
     },
@@ -136,6 +151,19 @@ struct Out {
     io: Option<Io>,
     /// The writer has stopped: nothing more is accepted.
     ended: bool,
+    /// Where the writer task is in its life.
+    state: WriterState,
+}
+
+/// The writer task's life (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriterState {
+    /// Not spawned: `Dormant` stands in for it.
+    Dormant,
+    /// Spawned (or about to be): it alone ends the writer.
+    Running,
+    /// Ended: nothing more is written.
+    Ended,
 }
 
 /// Where the receiving half goes when it is dropped while the handler runs,
@@ -176,14 +204,9 @@ pub(crate) struct Shared {
     /// Set by `terminate`: queued data frames are dropped, only the close
     /// frame still goes out.
     purge: AtomicBool,
-    /// What the peer sent since the writer's last tick (`HEARD_*` bits):
-    /// the receiver sets them, the tick takes them and turns them into
-    /// times (see `saw_peer`).
-    heard: AtomicU8,
-    epoch: Instant,
-    /// Milliseconds since `epoch` after which the connection's credentials
-    /// expire (`u64::MAX`: never).
-    expires_at: AtomicU64,
+    /// The app's heartbeat and this connection's key in it (server
+    /// connections), released on drop.
+    heartbeat: Option<(Arc<Heartbeat>, usize)>,
     /// The negotiated permessage-deflate parameters (read by the hub to
     /// share one compressed broadcast frame among equal recipients).
     pub(crate) deflate: Option<Negotiated>,
@@ -454,36 +477,170 @@ impl Shared {
             .clone()
     }
 
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
-    }
-
-    /// Records that the peer sent a frame (`data`: a data message).
-    ///
-    /// Per message this is one relaxed load (a read-modify-write only for
-    /// the first message of a tick): reading the clock here instead was
-    /// about 3% of an echo's instructions (docs/BENCHMARKS.md). The tick
-    /// stamps what it finds with its own time, so a frame counts as heard
-    /// up to one tick late: timeouts never fire early, and at most one tick
-    /// later than they would with exact times.
+    /// Records that the peer sent a frame (`data`: a data message); see
+    /// `Beat::saw_peer`.
     pub(crate) fn saw_peer(&self, data: bool) {
-        let bits = if data {
-            HEARD_ANY | HEARD_DATA
-        } else {
-            HEARD_ANY
-        };
-        if self.heard.load(Ordering::Relaxed) & bits != bits {
-            self.heard.fetch_or(bits, Ordering::Relaxed);
-        }
+        self.signal.beat.saw_peer(data);
     }
 
     /// Sets when the connection's credentials expire (see `auth`).
     pub(crate) fn set_expiry(&self, at: Option<Instant>) {
-        let ms = match at {
-            None => u64::MAX,
-            Some(at) => at.saturating_duration_since(self.epoch).as_millis() as u64,
-        };
-        self.expires_at.store(ms, Ordering::Release);
+        self.signal.beat.set_expiry(at);
+    }
+
+    /// Does what a heartbeat tick found due.
+    pub(crate) fn act(&self, due: Due) {
+        match due {
+            Due::Ping => {
+                let ping = match self.role {
+                    Role::Server => Frame::new(OpCode::Ping, true, false, Bytes::new()),
+                    Role::Client => Frame::masked(OpCode::Ping, true, false, &[], rand::random()),
+                };
+                self.send_control(ping);
+            }
+            Due::Close(close) => {
+                tracing::debug!(code = close.code.0, reason = %close.reason, "closing websocket");
+                self.terminate(close);
+            }
+        }
+    }
+
+    /// Ends the writer (the lock `out` is released here): nothing more is
+    /// accepted, what is still queued is dropped outside the lock, senders
+    /// waiting for room are told. Returns the write half if it was parked
+    /// (nobody was writing with it).
+    fn end(&self, mut out: MutexGuard<'_, Out>) -> Option<Io> {
+        out.ended = true;
+        out.state = WriterState::Ended;
+        let leftover = std::mem::take(&mut out.queue);
+        let parked = out.io.take();
+        drop(out);
+        drop(leftover);
+        self.writer_done.store(true, Ordering::Release);
+        self.space.notify_waiters();
+        if let Some(m) = &self.metrics {
+            m.ws_closed();
+        }
+        parked
+    }
+
+    /// What the writer task would do, for a connection that has none yet
+    /// (called by `Dormant`'s waker, i.e. wherever the writer is woken).
+    /// Every decision is taken under the queue's lock while the writer is
+    /// still dormant, so only one caller spawns or ends it, and the waker
+    /// is registered again only while it is dormant (never over the task's
+    /// own).
+    fn poll_dormant(self: &Arc<Self>, dormant: &Arc<Dormant>) {
+        loop {
+            if self.out().state != WriterState::Dormant {
+                // A wake-up that raced with the spawn or the end.
+                return;
+            }
+            if self.signal.is_going_away() && !dormant.told_going_away.swap(true, Ordering::AcqRel)
+            {
+                // Written directly, or queued (and then spawned for below).
+                self.send_close(Some(&CloseFrame::new(
+                    CloseCode::GOING_AWAY,
+                    "server shutting down",
+                )));
+            }
+            let mut out = self.out();
+            if out.state != WriterState::Dormant {
+                return;
+            }
+            if self.signal.is_killed() {
+                // Cut: the write half is dropped.
+                drop(self.end(out));
+                return;
+            }
+            let only_shutdown =
+                out.queue.len() == 1 && matches!(out.queue.front(), Some(Command::Shutdown));
+            if only_shutdown && out.io.is_some() {
+                // Nothing to write before the half-close: done here.
+                let io = self.end(out);
+                if let Some(mut io) = io {
+                    let mut cx = Context::from_waker(Waker::noop());
+                    // A TCP stream half-closes at once; anything else may
+                    // need to flush first, in a task of its own (bounded).
+                    if Pin::new(&mut *io).poll_shutdown(&mut cx).is_pending() {
+                        let grace = self.close_timeout;
+                        dormant.handle.spawn(async move {
+                            let _ = tokio::time::timeout(grace, io.shutdown()).await;
+                        });
+                    }
+                }
+                return;
+            }
+            if !out.queue.is_empty() {
+                out.state = WriterState::Running;
+                drop(out);
+                let opts = TaskOptions {
+                    write_timeout: dormant.write_timeout,
+                    deflate: None,
+                    own_timer: None,
+                };
+                let task = run_writer(Arc::clone(self), opts);
+                // Boxed: see `server::spawn_http1`.
+                dormant.handle.spawn(Box::pin(task));
+                return;
+            }
+            // Wait for the next wake-up. Queue changes happen under the
+            // lock held here; the flags are set without it, so look at them
+            // again after registering.
+            self.signal
+                .writer
+                .register(&Waker::from(Arc::clone(dormant)));
+            drop(out);
+            let told = dormant.told_going_away.load(Ordering::Acquire);
+            if !self.signal.is_killed() && (told || !self.signal.is_going_away()) {
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Some((heartbeat, key)) = &self.heartbeat {
+            heartbeat.deregister(*key);
+        }
+        // A dormant writer's waker holds the connection's signal, which
+        // holds the waker: released here, or neither would ever be freed.
+        drop(self.signal.writer.take());
+        let out = self.out.get_mut().unwrap_or_else(|p| p.into_inner());
+        if out.state != WriterState::Ended {
+            // Never ended (dormant to the last, or its task dropped with
+            // the runtime): still counted closed.
+            if let Some(m) = &self.metrics {
+                m.ws_closed();
+            }
+        }
+    }
+}
+
+/// Stands in for the writer task of a dormant connection: registered as the
+/// writer's waker, its wake-up runs `Shared::poll_dormant`. Holds what the
+/// task needs to start (a dormant connection has no deflate and an app's
+/// heartbeat, so only the write timeout), and no strong reference to the
+/// connection: it is memory every idle connection pays for.
+struct Dormant {
+    shared: Weak<Shared>,
+    write_timeout: Duration,
+    /// Where to spawn the task (a sender may wake it from any thread).
+    handle: Handle,
+    /// Close 1001 was sent for the server's shutdown.
+    told_going_away: AtomicBool,
+}
+
+impl Wake for Dormant {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared.poll_dormant(self);
+        }
     }
 }
 
@@ -560,9 +717,7 @@ pub(crate) struct WriterOptions {
     pub(crate) max_queue_bytes: usize,
     pub(crate) close_timeout: Duration,
     pub(crate) write_timeout: Duration,
-    pub(crate) ping_interval: Option<Duration>,
-    pub(crate) pong_timeout: Duration,
-    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) timers: Timers,
     /// The connection's kill and going-away signals (registered with the
     /// app, so that its shutdown reaches this connection).
     pub(crate) signal: Arc<ConnSignal>,
@@ -575,21 +730,32 @@ pub(crate) struct WriterOptions {
     /// reached the kernel (no TLS or HTTP/2 layer that buffers until a
     /// flush), so senders may write directly (see the module docs).
     pub(crate) plain_tcp: bool,
+    /// The app's shared heartbeat (server connections); without one the
+    /// writer task keeps the connection's timer itself.
+    pub(crate) heartbeat: Option<Arc<Heartbeat>>,
 }
 
-/// Creates the shared state and spawns the writer task on `io`.
+/// Creates the shared state on `io` and the writer: dormant for a server
+/// connection that writes directly, else a task spawned now.
 pub(crate) fn spawn_writer(io: Io, opts: WriterOptions) -> Arc<Shared> {
-    let shared = Arc::new(Shared {
+    let direct = opts.plain_tcp && opts.role == Role::Server && opts.deflate.is_none();
+    let lazy = direct && opts.heartbeat.is_some();
+    let shared = Arc::new_cyclic(|weak: &Weak<Shared>| Shared {
         out: Mutex::new(Out {
             queue: VecDeque::new(),
             io: Some(io),
             ended: false,
+            state: if lazy {
+                WriterState::Dormant
+            } else {
+                WriterState::Running
+            },
         }),
         queued: AtomicUsize::new(0),
         max_queue_bytes: opts.max_queue_bytes,
         space: Notify::new(),
         space_waiters: AtomicUsize::new(0),
-        direct: opts.plain_tcp && opts.role == Role::Server && opts.deflate.is_none(),
+        direct,
         close_sent: AtomicBool::new(false),
         writer_done: AtomicBool::new(false),
         role: opts.role,
@@ -598,110 +764,67 @@ pub(crate) fn spawn_writer(io: Io, opts: WriterOptions) -> Arc<Shared> {
         signal: Arc::clone(&opts.signal),
         killed_by: Mutex::new(None),
         purge: AtomicBool::new(false),
-        heard: AtomicU8::new(0),
-        epoch: Instant::now(),
-        expires_at: AtomicU64::new(u64::MAX),
+        heartbeat: opts.heartbeat.as_ref().map(|hb| {
+            let key = hb.register(Arc::clone(&opts.signal), weak.clone(), opts.timers);
+            (Arc::clone(hb), key)
+        }),
         deflate: opts.deflate,
         metrics: opts.metrics.clone(),
     });
-    let task_shared = Arc::clone(&shared);
-    // Boxed: see `server::spawn_http1`.
-    tokio::spawn(Box::pin(async move {
-        // Open from the first frame to the last write: the writer's life.
-        if let Some(m) = &opts.metrics {
-            m.ws_opened();
-        }
-        let io = writer_loop(&task_shared, &opts).await;
-        // Nothing is accepted from here on; what is still queued is dropped
-        // outside the lock.
-        let (leftover, parked) = {
-            let mut out = task_shared.out();
-            out.ended = true;
-            (std::mem::take(&mut out.queue), out.io.take())
+    // Open from here to the writer's end (`Shared::end`).
+    if let Some(m) = &opts.metrics {
+        m.ws_opened();
+    }
+    if lazy {
+        let dormant = Arc::new(Dormant {
+            shared: Arc::downgrade(&shared),
+            write_timeout: opts.write_timeout,
+            handle: Handle::current(),
+            told_going_away: AtomicBool::new(false),
+        });
+        // Nothing can have happened yet: just wait for the first wake-up.
+        shared.signal.writer.register(&Waker::from(dormant));
+    } else {
+        // Boxed: see `server::spawn_http1`.
+        let task = TaskOptions {
+            write_timeout: opts.write_timeout,
+            deflate: opts.deflate,
+            own_timer: opts.heartbeat.is_none().then_some(opts.timers),
         };
-        drop(leftover);
-        task_shared.writer_done.store(true, Ordering::Release);
-        task_shared.space.notify_waiters();
-        match io {
-            // Done after a `Shutdown`: half-close, bounded.
-            // Boxed: a timer inline would cost every idle connection's task.
-            Some(mut io) => {
-                let _ = Box::pin(tokio::time::timeout(
-                    task_shared.close_timeout,
-                    io.shutdown(),
-                ))
-                .await;
-            }
-            // Killed or failed: the socket is dropped (cut).
-            None => drop(parked),
-        }
-        if let Some(m) = &opts.metrics {
-            m.ws_closed();
-        }
-    }));
+        tokio::spawn(Box::pin(run_writer(Arc::clone(&shared), task)));
+    }
     shared
 }
 
-/// The peer sent some frame (`Shared::heard`).
-const HEARD_ANY: u8 = 1;
-/// The peer sent a data message.
-const HEARD_DATA: u8 = 2;
-
-/// The heartbeat's view of the peer, kept by the writer task: milliseconds
-/// since `Shared::epoch`, as of the tick that noticed.
-#[derive(Debug, Default)]
-struct Liveness {
-    /// When the peer was last heard from (any frame).
-    seen: u64,
-    /// When the last data message arrived (idle timeout).
-    data: u64,
-    /// What `seen` was when we last pinged (`None`: never pinged).
-    ping: Option<u64>,
+/// What the writer task needs beyond `Shared`.
+struct TaskOptions {
+    /// A write that makes no progress this long fails.
+    write_timeout: Duration,
+    /// permessage-deflate, when negotiated: the task compresses.
+    deflate: Option<Negotiated>,
+    /// The connection's own heartbeat timer (no app ticks for it).
+    own_timer: Option<Timers>,
 }
 
-/// What the once-a-tick timer found.
-fn check_timers(shared: &Shared, opts: &WriterOptions, live: &mut Liveness) -> Option<CloseFrame> {
-    let now = shared.now_ms();
-    let heard = shared.heard.swap(0, Ordering::Relaxed);
-    if heard & HEARD_ANY != 0 {
-        live.seen = now;
-    }
-    if heard & HEARD_DATA != 0 {
-        live.data = now;
-    }
-    if now >= shared.expires_at.load(Ordering::Acquire) {
-        return Some(CloseFrame::new(
-            CloseCode::POLICY_VIOLATION,
-            "token expired",
-        ));
-    }
-    if let Some(idle) = opts.idle_timeout {
-        if now.saturating_sub(live.data) >= idle.as_millis() as u64 {
-            return Some(CloseFrame::new(CloseCode::GOING_AWAY, "idle timeout"));
+/// The writer task: drains the queue, then ends the writer and half-closes
+/// (after a `Shutdown`) or cuts (killed, failed) the connection.
+async fn run_writer(shared: Arc<Shared>, opts: TaskOptions) {
+    let io = writer_loop(&shared, &opts).await;
+    let parked = shared.end(shared.out());
+    match io {
+        // Done after a `Shutdown`: half-close, bounded.
+        // Boxed: a timer inline would cost every idle connection's task.
+        Some(mut io) => {
+            let _ = Box::pin(tokio::time::timeout(shared.close_timeout, io.shutdown())).await;
         }
+        // Killed or failed: the socket is dropped (cut).
+        None => drop(parked),
     }
-    if let Some(interval) = opts.ping_interval {
-        let silent = now.saturating_sub(live.seen);
-        if silent >= (interval + opts.pong_timeout).as_millis() as u64 {
-            return Some(CloseFrame::new(CloseCode::GOING_AWAY, "pong timeout"));
-        }
-        // Ping once per silence: after `interval` without a frame from the
-        // peer, and not again until the peer has been heard from.
-        if silent >= interval.as_millis() as u64 && live.ping.is_none_or(|at| live.seen > at) {
-            live.ping = Some(live.seen);
-            let ping = match shared.role {
-                Role::Server => Frame::new(OpCode::Ping, true, false, Bytes::new()),
-                Role::Client => Frame::masked(OpCode::Ping, true, false, &[], rand::random()),
-            };
-            shared.send_control(ping);
-        }
-    }
-    None
 }
 
 /// Drains the queue until a `Shutdown` (returns the write half, to be
 /// half-closed) or until the connection is killed or a write fails (`None`).
-async fn writer_loop(shared: &Shared, opts: &WriterOptions) -> Option<Io> {
+async fn writer_loop(shared: &Shared, opts: &TaskOptions) -> Option<Io> {
     // Both grow on first use: an idle connection that never queued holds
     // neither (docs/BENCHMARKS.md, idle memory).
     let mut cmds: Vec<Command> = Vec::new();
@@ -712,32 +835,25 @@ async fn writer_loop(shared: &Shared, opts: &WriterOptions) -> Option<Io> {
     // memory every idle connection pays for.
     let mut compressor = opts.deflate.map(|n| Box::new(Compressor::new(n)));
     let mut told_going_away = false;
-    // One timer for heartbeat, idle and expiry checks: ticks at an eighth
-    // of the shortest deadline. A frame from the peer is stamped by the
-    // next tick (`saw_peer`) and the deadline noticed by the tick after it,
-    // so a deadline fires late by at most a quarter of it, never early.
-    let tick = [
-        opts.ping_interval,
-        opts.idle_timeout,
-        Some(opts.pong_timeout),
-    ]
-    .into_iter()
-    .flatten()
-    .min()
-    .map_or(Duration::from_secs(1), |d| {
-        (d / 8).clamp(Duration::from_millis(10), Duration::from_secs(1))
+    // The connection's own heartbeat timer, when no app ticks for it (a
+    // client's connection); see heartbeat.rs.
+    let mut timer = opts.own_timer.map(|timers| {
+        let mut timer = tokio::time::interval(timers.tick());
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        (timer, Liveness::new(), timers)
     });
-    let mut timer = tokio::time::interval(tick);
-    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut live = Liveness::default();
     loop {
         let work = tokio::select! {
             biased;
             work = std::future::poll_fn(|cx| shared.poll_work(cx, &mut cmds, &mut told_going_away)) => work,
-            _ = timer.tick() => {
-                if let Some(close) = check_timers(shared, opts, &mut live) {
-                    tracing::debug!(code = close.code.0, reason = %close.reason, "closing websocket");
-                    shared.terminate(close);
+            () = std::future::poll_fn(|cx| match &mut timer {
+                Some((timer, ..)) => timer.poll_tick(cx).map(drop),
+                None => Poll::Pending,
+            }) => {
+                if let Some((_, live, timers)) = &mut timer {
+                    if let Some(due) = heartbeat::check(&shared.signal.beat, timers, live, heartbeat::now_ms()) {
+                        shared.act(due);
+                    }
                 }
                 continue;
             }
@@ -996,4 +1112,170 @@ fn fill_slices<'a>(
         }
     }
     len
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::{
+        io::AsyncReadExt,
+        net::{TcpListener, TcpStream},
+    };
+
+    use super::*;
+    use crate::ws::WsConfig;
+
+    /// A server-side writer on one end of a real loopback TCP connection
+    /// (so direct writes apply and it starts dormant), and the other end.
+    async fn dormant_pair(heartbeat: &Arc<Heartbeat>) -> (Arc<Shared>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (_read, write) = server.into_split();
+        let mut opts = WsConfig::default()
+            .ping_interval(None)
+            .writer_options(Role::Server, ConnSignal::standalone());
+        opts.plain_tcp = true;
+        opts.heartbeat = Some(Arc::clone(heartbeat));
+        // The read half is dropped: these tests only write.
+        (spawn_writer(Box::new(write), opts), client)
+    }
+
+    fn state(shared: &Shared) -> WriterState {
+        shared.out().state
+    }
+
+    async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+        for _ in 0..500 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("never: {what}");
+    }
+
+    /// Reads until EOF (bounded), returning what came.
+    async fn read_to_eof(client: &mut TcpStream) -> Vec<u8> {
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut got))
+            .await
+            .expect("the server closes its side")
+            .unwrap();
+        got
+    }
+
+    fn text(s: &str) -> Frame {
+        Frame::new(
+            OpCode::Text,
+            true,
+            false,
+            Bytes::copy_from_slice(s.as_bytes()),
+        )
+    }
+
+    #[tokio::test]
+    async fn direct_writes_need_no_task_and_a_queued_frame_spawns_one() {
+        let hb = Arc::new(Heartbeat::default());
+        let (shared, mut client) = dormant_pair(&hb).await;
+        assert_eq!(state(&shared), WriterState::Dormant);
+        shared.send(text("direct")).await.unwrap();
+        assert_eq!(
+            state(&shared),
+            WriterState::Dormant,
+            "a direct write spawns nothing"
+        );
+        // A broadcast always queues: the writer task starts and drains it.
+        shared.try_send(text("queued")).unwrap();
+        assert_eq!(state(&shared), WriterState::Running);
+        shared.send_close(None);
+        shared.shutdown();
+        let got = read_to_eof(&mut client).await;
+        let mut want = Vec::new();
+        for f in [text("direct"), text("queued"), Frame::close(None)] {
+            want.extend_from_slice(f.header());
+            want.extend_from_slice(f.payload());
+        }
+        assert_eq!(got, want);
+        eventually("the task ends the writer", || {
+            state(&shared) == WriterState::Ended
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_dormant_writer_half_closes_kills_and_deregisters_without_a_task() {
+        let hb = Arc::new(Heartbeat::default());
+        // The close handshake's end: our close frame, then the half-close,
+        // both done by the callers themselves.
+        let (closing, mut client) = dormant_pair(&hb).await;
+        assert_eq!(hb.len(), 1);
+        closing.send_close(Some(&CloseFrame::new(CloseCode::NORMAL, "bye")));
+        closing.shutdown();
+        assert_eq!(state(&closing), WriterState::Ended);
+        assert!(!closing.is_open());
+        let got = read_to_eof(&mut client).await;
+        let close = Frame::close(Some(&CloseFrame::new(CloseCode::NORMAL, "bye")));
+        assert_eq!(&got[..close.header().len()], close.header());
+        assert_eq!(&got[close.header().len()..], close.payload());
+        assert!(
+            closing.send(text("late")).await.is_err(),
+            "nothing after the end"
+        );
+
+        // Killed: cut at once, no close frame.
+        let (killed, mut client) = dormant_pair(&hb).await;
+        assert_eq!(hb.len(), 2);
+        killed.signal.kill();
+        assert_eq!(state(&killed), WriterState::Ended);
+        assert!(read_to_eof(&mut client).await.is_empty());
+
+        // Dropped while dormant, never ended: nothing is kept alive.
+        let (idle, _client) = dormant_pair(&hb).await;
+        let signal = Arc::downgrade(&idle.signal);
+        drop((closing, killed, idle));
+        assert_eq!(hb.len(), 0, "a dropped connection leaves the heartbeat");
+        assert!(
+            signal.upgrade().is_none(),
+            "the dormant waker does not keep the signal alive"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_app_timer_pings_a_dormant_connection_and_closes_it_when_silent() {
+        let hb = Arc::new(Heartbeat::default());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (_read, write) = server.into_split();
+        let mut opts = WsConfig::default()
+            .ping_interval(Some(Duration::from_millis(80)))
+            .pong_timeout(Duration::from_millis(80))
+            .close_timeout(Duration::from_millis(200))
+            .writer_options(Role::Server, ConnSignal::standalone());
+        opts.plain_tcp = true;
+        opts.heartbeat = Some(Arc::clone(&hb));
+        let shared = spawn_writer(Box::new(write), opts);
+        // Nobody answers: a ping, then close 1001, then the cut.
+        let got = read_to_eof(&mut client).await;
+        let ping = Frame::new(OpCode::Ping, true, false, Bytes::new());
+        assert_eq!(&got[..2], ping.header());
+        let close = Frame::close(Some(&CloseFrame::new(
+            CloseCode::GOING_AWAY,
+            "pong timeout",
+        )));
+        assert_eq!(&got[2..2 + close.header().len()], close.header());
+        assert_eq!(&got[2 + close.header().len()..], close.payload());
+        assert_eq!(shared.killed_by().unwrap().reason, "pong timeout");
+        drop(shared);
+        eventually("the ticker stops once nothing is registered", || {
+            !hb.ticking()
+        })
+        .await;
+    }
 }

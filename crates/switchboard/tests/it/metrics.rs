@@ -297,3 +297,78 @@ async fn health_stays_ok_and_ready_follows_shutdown() {
     // Liveness is not readiness.
     assert_eq!(c.get("/health").send().await.status(), StatusCode::OK);
 }
+
+/// `GET /metrics` over a real TCP connection.
+async fn scrape_tcp(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.unwrap();
+    text
+}
+
+/// Over real TCP, server connections write directly and start without a
+/// writer task (see `ws/writer.rs`): broadcasts still reach every member
+/// in order, and every way a connection ends (close handshake, a dropped
+/// TCP connection, a member that only received) counts it closed.
+#[tokio::test]
+async fn over_tcp_broadcasts_arrive_and_every_end_is_counted() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as T;
+    let hub = Hub::new();
+    let server = crate::spawn(app(&hub)).await;
+    let url = format!("ws://{}/rooms/lobby", server.addr);
+    let mut members = Vec::new();
+    for _ in 0..3 {
+        members.push(tokio_tungstenite::connect_async(&url).await.unwrap().0);
+    }
+    let mut sender = tokio_tungstenite::connect_async(&url).await.unwrap().0;
+    for _ in 0..200 {
+        if hub.stats().rooms.get("lobby") == Some(&4) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for i in 0..300 {
+        sender.send(T::text(format!("m{i}"))).await.unwrap();
+    }
+    for m in &mut members {
+        for i in 0..300 {
+            let got = tokio::time::timeout(Duration::from_secs(5), m.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert_eq!(got, T::text(format!("m{i}")));
+        }
+    }
+    // One closes properly, one just drops its TCP connection, the sender
+    // (whose server side never queued a frame) closes too.
+    members[0].close(None).await.unwrap();
+    while members[0].next().await.is_some() {}
+    members.remove(1);
+    sender.close(None).await.unwrap();
+    while sender.next().await.is_some() {}
+    drop(members);
+    let mut text = String::new();
+    for _ in 0..500 {
+        text = scrape_tcp(server.addr).await;
+        if text.lines().any(|l| l == "switchboard_ws_connections 0") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        text.lines().any(|l| l == "switchboard_ws_connections 0"),
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, "switchboard_ws_messages_received_total"),
+        300.0
+    );
+    assert_eq!(value(&text, "switchboard_ws_messages_sent_total"), 900.0);
+    server.shutdown().await.unwrap();
+}
