@@ -782,15 +782,22 @@ pub(crate) fn spawn_writer(io: Io, opts: WriterOptions) -> Arc<Shared> {
             handle: Handle::current(),
             told_going_away: AtomicBool::new(false),
         });
-        // Nothing can have happened yet: just wait for the first wake-up.
-        shared.signal.writer.register(&Waker::from(dormant));
+        shared
+            .signal
+            .writer
+            .register(&Waker::from(Arc::clone(&dormant)));
+        // A shutdown that began before this connection registered its
+        // signal set the flags with nobody to wake: look at them now.
+        if shared.signal.is_killed() || shared.signal.is_going_away() {
+            shared.poll_dormant(&dormant);
+        }
     } else {
-        // Boxed: see `server::spawn_http1`.
         let task = TaskOptions {
             write_timeout: opts.write_timeout,
             deflate: opts.deflate,
             own_timer: opts.heartbeat.is_none().then_some(opts.timers),
         };
+        // Boxed: see `server::spawn_http1`.
         tokio::spawn(Box::pin(run_writer(Arc::clone(&shared), task)));
     }
     shared
@@ -1129,6 +1136,13 @@ mod tests {
     /// A server-side writer on one end of a real loopback TCP connection
     /// (so direct writes apply and it starts dormant), and the other end.
     async fn dormant_pair(heartbeat: &Arc<Heartbeat>) -> (Arc<Shared>, TcpStream) {
+        dormant_pair_with(heartbeat, ConnSignal::standalone()).await
+    }
+
+    async fn dormant_pair_with(
+        heartbeat: &Arc<Heartbeat>,
+        signal: Arc<ConnSignal>,
+    ) -> (Arc<Shared>, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap())
             .await
@@ -1137,7 +1151,7 @@ mod tests {
         let (_read, write) = server.into_split();
         let mut opts = WsConfig::default()
             .ping_interval(None)
-            .writer_options(Role::Server, ConnSignal::standalone());
+            .writer_options(Role::Server, signal);
         opts.plain_tcp = true;
         opts.heartbeat = Some(Arc::clone(heartbeat));
         // The read half is dropped: these tests only write.
@@ -1242,6 +1256,23 @@ mod tests {
             signal.upgrade().is_none(),
             "the dormant waker does not keep the signal alive"
         );
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_starts_during_shutdown_still_gets_1001() {
+        let hb = Arc::new(Heartbeat::default());
+        let app = Arc::new(crate::ws::signal::Signals::default());
+        app.go_away();
+        let (shared, mut client) = dormant_pair_with(&hb, app.register()).await;
+        assert!(shared.close_sent(), "close 1001 went out at once");
+        shared.shutdown();
+        let got = read_to_eof(&mut client).await;
+        let close = Frame::close(Some(&CloseFrame::new(
+            CloseCode::GOING_AWAY,
+            "server shutting down",
+        )));
+        assert_eq!(&got[..close.header().len()], close.header());
+        assert_eq!(&got[close.header().len()..], close.payload());
     }
 
     #[tokio::test]
