@@ -788,10 +788,12 @@ mod tests {
         let (mut ann, _) = join(&c, "ann", "general").await;
         let (mut bob, _) = join(&c, "bob", "general").await;
         next_of(&mut ann, "user_joined").await;
+        // Two connections' messages have no order between them until the
+        // server has broadcast the first: wait for it before the second.
         say(&mut ann, "general", "first").await;
+        assert_eq!(next_of(&mut ann, "chat_message").await["message"], "first");
         say(&mut bob, "general", "second").await;
-        next_of(&mut ann, "chat_message").await;
-        next_of(&mut ann, "chat_message").await;
+        assert_eq!(next_of(&mut ann, "chat_message").await["message"], "second");
 
         let (mut cat, joined) = join(&c, "cat", "general").await;
         assert_eq!(names(&joined["members"]), ["ann", "bob", "cat"]);
