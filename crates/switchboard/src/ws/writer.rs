@@ -39,7 +39,7 @@
 //! goes away, and half-closes the socket itself when the only command is
 //! the final `Shutdown`. An echo connection that never fills its socket
 //! buffer so never has a writer task: no spawn, no task cell and no future
-//! per connection, about 4,000 instructions per handshake and 900 bytes
+//! per connection: about 3,400 instructions per handshake and 640 bytes
 //! per idle connection (docs/BENCHMARKS.md, sixth round). Its heartbeat is
 //! the app's shared timer (`heartbeat.rs`); a client's connection, which
 //! has no app, keeps an eager writer task with the timer in it.
