@@ -1136,11 +1136,13 @@ mod tests {
     /// A server-side writer on one end of a real loopback TCP connection
     /// (so direct writes apply and it starts dormant), and the other end.
     async fn dormant_pair(heartbeat: &Arc<Heartbeat>) -> (Arc<Shared>, TcpStream) {
-        dormant_pair_with(heartbeat, ConnSignal::standalone()).await
+        let config = WsConfig::default().ping_interval(None);
+        dormant_pair_with(heartbeat, config, ConnSignal::standalone()).await
     }
 
     async fn dormant_pair_with(
         heartbeat: &Arc<Heartbeat>,
+        config: WsConfig,
         signal: Arc<ConnSignal>,
     ) -> (Arc<Shared>, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1149,9 +1151,7 @@ mod tests {
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
         let (_read, write) = server.into_split();
-        let mut opts = WsConfig::default()
-            .ping_interval(None)
-            .writer_options(Role::Server, signal);
+        let mut opts = config.writer_options(Role::Server, signal);
         opts.plain_tcp = true;
         opts.heartbeat = Some(Arc::clone(heartbeat));
         // The read half is dropped: these tests only write.
@@ -1263,7 +1263,8 @@ mod tests {
         let hb = Arc::new(Heartbeat::default());
         let app = Arc::new(crate::ws::signal::Signals::default());
         app.go_away();
-        let (shared, mut client) = dormant_pair_with(&hb, app.register()).await;
+        let config = WsConfig::default().ping_interval(None);
+        let (shared, mut client) = dormant_pair_with(&hb, config, app.register()).await;
         assert!(shared.close_sent(), "close 1001 went out at once");
         shared.shutdown();
         let got = read_to_eof(&mut client).await;
@@ -1278,20 +1279,11 @@ mod tests {
     #[tokio::test]
     async fn the_app_timer_pings_a_dormant_connection_and_closes_it_when_silent() {
         let hb = Arc::new(Heartbeat::default());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        let (_read, write) = server.into_split();
-        let mut opts = WsConfig::default()
+        let config = WsConfig::default()
             .ping_interval(Some(Duration::from_millis(80)))
             .pong_timeout(Duration::from_millis(80))
-            .close_timeout(Duration::from_millis(200))
-            .writer_options(Role::Server, ConnSignal::standalone());
-        opts.plain_tcp = true;
-        opts.heartbeat = Some(Arc::clone(&hb));
-        let shared = spawn_writer(Box::new(write), opts);
+            .close_timeout(Duration::from_millis(200));
+        let (shared, mut client) = dormant_pair_with(&hb, config, ConnSignal::standalone()).await;
         // Nobody answers: a ping, then close 1001, then the cut.
         let got = read_to_eof(&mut client).await;
         let ping = Frame::new(OpCode::Ping, true, false, Bytes::new());
