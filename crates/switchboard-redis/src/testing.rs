@@ -5,8 +5,8 @@
 //! [`RedisServer`] starts `redis-server` (or `$REDIS_SERVER`) on a free
 //! loopback port with its own temporary directory, and kills it and removes
 //! the directory on drop. It can SIGKILL, SIGSTOP/SIGCONT and restart the
-//! server on the same port and directory (with `appendonly yes` the data
-//! survives a SIGKILL; without it, it does not). A missing `redis-server`
+//! server on the same port and directory (a persistent server keeps every
+//! acknowledged write across a SIGKILL; the others keep nothing). A missing `redis-server`
 //! is a test *failure* with instructions, never a skip. Not for production.
 
 use std::{
@@ -40,8 +40,14 @@ impl RedisServer {
         RedisServer::start_with(false)
     }
 
-    /// A server with `appendonly yes` in its directory: a restart after a
-    /// SIGKILL keeps every acknowledged write.
+    /// A server with `appendonly yes` and `appendfsync always` in its
+    /// directory: a restart after a SIGKILL keeps every acknowledged write.
+    ///
+    /// `always`, not Redis's default `everysec`: under `everysec` Redis
+    /// postpones writing its AOF buffer (for up to 2 s) while a background
+    /// fsync is still running, and replies meanwhile, so a SIGKILL on a
+    /// machine with a slow disk loses acknowledged writes. With `always` the
+    /// AOF is written before any reply goes out.
     pub fn start_persistent() -> RedisServer {
         RedisServer::start_with(true)
     }
@@ -87,6 +93,7 @@ impl RedisServer {
             .arg("--dir")
             .arg(&self.dir)
             .args(["--appendonly", if self.persistent { "yes" } else { "no" }])
+            .args(["--appendfsync", "always"])
             .args(["--daemonize", "no", "--loglevel", "warning"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -260,7 +260,7 @@ async fn redis_killed_with_its_data_kept_recovery_is_exact() {
         a.hub.publish("h", format!("m{i}")).await.unwrap();
     }
     redis.kill();
-    redis.restart(); // appendonly: every acknowledged publish is still there
+    redis.restart(); // appendfsync always: every acknowledged publish is kept
     let back = Instant::now();
     wait_for("healthy after restart", RESUME, || {
         a.bp.health().healthy && b.bp.health().healthy
