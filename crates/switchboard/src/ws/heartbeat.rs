@@ -15,7 +15,10 @@
 //! The registry is a slab (an index and a free list) under a mutex, touched
 //! once when a connection starts and once when it ends; the ticker walks it
 //! once per tick, under the lock only to read the marks, and pings or
-//! closes after releasing it. Client connections (no app) keep the timer in
+//! closes after releasing it. It ticks at the shortest tick among its
+//! connections: one that registers with a shorter tick than the ticker's
+//! wakes it to shorten its current sleep, so its first check is as early as
+//! its own timer's would be. Client connections (no app) keep the timer in
 //! their writer task.
 
 use std::{
@@ -28,6 +31,7 @@ use std::{
 
 use slab::Slab;
 use switchboard_proto::{CloseCode, CloseFrame};
+use tokio::sync::Notify;
 
 use crate::ws::{signal::ConnSignal, writer::Shared};
 
@@ -217,6 +221,8 @@ struct Wheel {
     conns: Slab<Entry>,
     /// A ticker task is running for this registry.
     ticking: bool,
+    /// The running ticker's period (meaningful while `ticking`).
+    period: Duration,
 }
 
 /// An app's heartbeat: its server connections and the task that ticks for
@@ -224,6 +230,10 @@ struct Wheel {
 #[derive(Default)]
 pub(crate) struct Heartbeat {
     wheel: Mutex<Wheel>,
+    /// Wakes the ticker when `period` got shorter (a permit is kept if it
+    /// is not waiting, so no shortening is missed). Shared with the ticker,
+    /// which holds the heartbeat itself only weakly.
+    shorter: Arc<Notify>,
 }
 
 impl std::fmt::Debug for Heartbeat {
@@ -248,6 +258,7 @@ impl Heartbeat {
         shared: Weak<Shared>,
         timers: Timers,
     ) -> usize {
+        let tick = timers.tick();
         let mut wheel = self.lock();
         let key = wheel.conns.insert(Entry {
             signal,
@@ -257,12 +268,17 @@ impl Heartbeat {
         });
         if !wheel.ticking {
             wheel.ticking = true;
+            wheel.period = tick;
             let ticker = Ticker {
                 heartbeat: Arc::downgrade(self),
+                shorter: Arc::clone(&self.shorter),
                 armed: true,
             };
             // Boxed: see `server::spawn_http1`.
-            tokio::spawn(Box::pin(ticker.run(timers.tick())));
+            tokio::spawn(Box::pin(ticker.run(tick)));
+        } else if tick < wheel.period {
+            wheel.period = tick;
+            self.shorter.notify_one();
         }
         key
     }
@@ -292,6 +308,8 @@ impl Heartbeat {
 /// shuts down), it lets the next registration start a new one.
 struct Ticker {
     heartbeat: Weak<Heartbeat>,
+    /// The heartbeat's `shorter`.
+    shorter: Arc<Notify>,
     /// Clear once the task has given up `ticking` itself.
     armed: bool,
 }
@@ -307,10 +325,22 @@ impl Drop for Ticker {
 impl Ticker {
     /// Ticks at the shortest tick among the registered connections until
     /// none is left (or the app is gone).
-    async fn run(mut self, mut period: Duration) {
+    async fn run(mut self, period: Duration) {
         let mut due = Vec::new();
+        let mut next = tokio::time::Instant::now() + period;
         loop {
-            tokio::time::sleep(period).await;
+            tokio::select! {
+                () = tokio::time::sleep_until(next) => {}
+                () = self.shorter.notified() => {
+                    // A connection with a shorter tick registered: tick no
+                    // later than one of its periods from now.
+                    if let Some(hb) = self.heartbeat.upgrade() {
+                        let period = hb.lock().period;
+                        next = next.min(tokio::time::Instant::now() + period);
+                    }
+                    continue;
+                }
+            }
             let Some(hb) = self.heartbeat.upgrade() else {
                 return;
             };
@@ -329,7 +359,8 @@ impl Ticker {
                         due.push((e.shared.clone(), d));
                     }
                 }
-                period = shortest;
+                wheel.period = shortest;
+                next = tokio::time::Instant::now() + shortest;
             }
             for (shared, d) in due.drain(..) {
                 if let Some(shared) = shared.upgrade() {

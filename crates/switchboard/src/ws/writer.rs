@@ -1301,4 +1301,32 @@ mod tests {
         })
         .await;
     }
+
+    #[tokio::test]
+    async fn a_shorter_deadline_wakes_a_ticker_sleeping_for_longer_ones() {
+        let hb = Arc::new(Heartbeat::default());
+        // The first connection sets the ticker to its 1 s tick.
+        let slow = WsConfig::default().ping_interval(Some(Duration::from_secs(30)));
+        let (first, _first_client) = dormant_pair_with(&hb, slow, ConnSignal::standalone()).await;
+        tokio::time::sleep(Duration::from_millis(20)).await; // the ticker is asleep
+        let fast = WsConfig::default()
+            .ping_interval(Some(Duration::from_millis(80)))
+            .pong_timeout(Duration::from_secs(30));
+        let start = Instant::now();
+        let (second, mut client) = dormant_pair_with(&hb, fast, ConnSignal::standalone()).await;
+        let mut ping = [0u8; 2];
+        tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut ping))
+            .await
+            .expect("a ping comes")
+            .unwrap();
+        let took = start.elapsed();
+        assert_eq!(ping, [0x89, 0x00]);
+        // Without the wake-up the ticker finishes its 1 s sleep first (the
+        // ping came after ~980 ms); with it, the ping is due at 80 ms.
+        assert!(
+            took < Duration::from_millis(600),
+            "the first ping took {took:?}"
+        );
+        drop((first, second));
+    }
 }
