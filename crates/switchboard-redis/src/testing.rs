@@ -6,8 +6,9 @@
 //! loopback port with its own temporary directory, and kills it and removes
 //! the directory on drop. It can SIGKILL, SIGSTOP/SIGCONT and restart the
 //! server on the same port and directory (a persistent server keeps every
-//! acknowledged write across a SIGKILL; the others keep nothing). A missing `redis-server`
-//! is a test *failure* with instructions, never a skip. Not for production.
+//! acknowledged write across a SIGKILL; the others keep nothing). A missing
+//! `redis-server` is a test *failure* with instructions, never a skip. Not
+//! for production.
 
 use std::{
     io::{Read, Write},
